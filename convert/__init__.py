@@ -1,0 +1,29 @@
+"""Turn Hugging Face and GGUF checkpoints into MLX model directories.
+
+The public names below are what the engine, the web UI and users import; the rest of
+the package is internal.
+"""
+
+from __future__ import annotations
+
+from convert.catalog import CATALOG, DEFAULT_MODEL, CatalogError, pull
+from convert.commands import add_convert_parser, add_models_parser, run_command
+from convert.conversion import ConversionResult, convert_model
+from convert.errors import ModelFileError
+from convert.options import ConvertOptions
+from convert.safetensors_check import check_safetensors_dir
+
+__all__ = [
+    "CATALOG",
+    "DEFAULT_MODEL",
+    "CatalogError",
+    "ConversionResult",
+    "ConvertOptions",
+    "ModelFileError",
+    "add_convert_parser",
+    "add_models_parser",
+    "check_safetensors_dir",
+    "convert_model",
+    "pull",
+    "run_command",
+]

@@ -1,0 +1,36 @@
+"""The `silica` command line: one parser, one subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+
+from convert import add_convert_parser, add_models_parser, run_command
+
+VERSION = "0.1.0"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="silica",
+        description="On-device LLM runtime on MLX: convert and quantize checkpoints, "
+        "run them, serve them.",
+    )
+    parser.add_argument("--version", action="version", version=f"silica {VERSION}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_convert_parser(sub)
+    add_models_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``silica`` with ``argv`` (default: the process arguments).
+
+    Returns:
+        The exit status: 0 on success, 2 for bad input, 130 when interrupted.
+    """
+    args = build_parser().parse_args(argv)
+    return run_command(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
