@@ -234,9 +234,14 @@ def save_gguf_tokenizer(src: Path) -> Callable[[Path], None]:
     """A writer of tokenizer files (with the chat template) built from GGUF metadata."""
 
     def save(dst: Path) -> None:
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(
-            str(src.parent), gguf_file=src.name
-        )
+        try:
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(
+                str(src.parent), gguf_file=src.name
+            )
+        except (KeyError, ValueError, TypeError) as e:
+            raise ModelFileError(
+                src, f"its tokenizer metadata is incomplete ({type(e).__name__}: {e})"
+            ) from e
         tokenizer.save_pretrained(str(dst))
 
     return save

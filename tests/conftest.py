@@ -1,0 +1,27 @@
+"""Shared fixtures: real catalog models (pulled once into the user cache)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from convert import catalog
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The real SmolLM2-135M-Instruct Q4_1 GGUF (98 MB), sha256-checked."""
+    return catalog.pull("smollm2-135m-instruct", progress=False)
+
+
+@pytest.fixture(scope="session")
+def qwen05_gguf() -> Path:
+    """The real Qwen2.5-Coder-0.5B-Instruct GGUF (491 MB), sha256-checked."""
+    return catalog.pull("qwen2.5-coder-0.5b-instruct", progress=False)
+
+
+@pytest.fixture(scope="session")
+def qwen15_gguf() -> Path:
+    """The real Qwen2.5-Coder-1.5B-Instruct Q4_K_M GGUF (1.1 GB), sha256-checked."""
+    return catalog.pull("qwen2.5-coder-1.5b-instruct", progress=False)
