@@ -1,4 +1,4 @@
-"""The `silica convert` and `silica models` subcommands: flags in, options out, errors shown."""
+"""The `silica convert` and `silica models` subcommands: flags in, errors shown."""
 
 from __future__ import annotations
 
@@ -49,10 +49,16 @@ def add_convert_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("src", metavar="SRC", help="what to convert (see below)")
-    p.add_argument("-o", "--output", type=Path, help="output directory (must not exist)")
+    p.add_argument(
+        "-o", "--output", type=Path, help="output directory (must not exist)"
+    )
     p.add_argument("--bits", type=int, choices=BITS, help="quantize to this many bits")
-    p.add_argument("--group-size", type=int, choices=GROUP_SIZES, help="values per group")
-    p.add_argument("--recipe", choices=RECIPES, help="mixed-precision recipe (HF sources)")
+    p.add_argument(
+        "--group-size", type=int, choices=GROUP_SIZES, help="values per group"
+    )
+    p.add_argument(
+        "--recipe", choices=RECIPES, help="mixed-precision recipe (HF sources)"
+    )
     p.add_argument(
         "--dtype",
         choices=DTYPES,
@@ -66,12 +72,20 @@ def add_convert_parser(subparsers: argparse._SubParsersAction) -> None:
         help="accept pickle (.bin) checkpoints; they can run code, so trust the source",
     )
     p.add_argument(
-        "--dry-run", action="store_true", help="print output size and memory, write nothing"
+        "--dry-run",
+        action="store_true",
+        help="print output size and memory, write nothing",
     )
     p.add_argument(
         "--eval",
         action="store_true",
-        help="report perplexity and KL divergence against the source on the shipped text",
+        help="report perplexity and KL divergence against the source",
+    )
+    p.add_argument(
+        "--eval-tokens",
+        type=int,
+        metavar="N",
+        help="with --eval, score only the first N tokens of the text (default: all)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_convert)
@@ -96,7 +110,16 @@ def _run_convert(args: argparse.Namespace) -> int:
         return 0
     if args.output is None:
         raise ValueError("convert needs -o OUT (or --dry-run).")
-    result = convert_model(args.src, args.output, options, quality=args.eval, progress=progress)
+    if args.eval_tokens is not None and args.eval_tokens < 2:
+        raise ValueError(f"--eval-tokens must be at least 2, got {args.eval_tokens}.")
+    result = convert_model(
+        args.src,
+        args.output,
+        options,
+        quality=args.eval,
+        quality_tokens=args.eval_tokens,
+        progress=progress,
+    )
     print(result.plan.render())
     print(f"wrote    {result.path}")
     if result.quality:

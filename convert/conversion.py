@@ -1,4 +1,4 @@
-"""Run one conversion: resolve the source, plan it, write it atomically, report quality."""
+"""Run one conversion: resolve the source, plan, write atomically, report quality."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
-from mlx_lm.utils import load as mlx_lm_load
+from mlx_lm.utils import dequantize_model
 
 from convert import from_gguf, from_hf
 from convert.gguf_file import GGUFFile
-from convert.options import ConvertOptions
+from convert.options import ConvertOptions, default_dtype
 from convert.quality import QualityReport, eval_tokens, evaluate
 from convert.source import Source, resolve_source
 from convert.writer import check_destination, write_model
@@ -50,7 +50,7 @@ class ConversionPlan:
 
 @dataclass(frozen=True)
 class ConversionResult:
-    """A finished conversion: where it went and, if asked, how close it stays to the source."""
+    """A finished conversion: where it went and, if asked, how close it stays."""
 
     path: Path
     plan: ConversionPlan
@@ -102,6 +102,7 @@ def convert_model(
     options: ConvertOptions,
     *,
     quality: bool = False,
+    quality_tokens: int | None = None,
     progress: bool = True,
     cache_dir: Path | None = None,
 ) -> ConversionResult:
@@ -114,6 +115,7 @@ def convert_model(
         options: Bits, group size, recipe, dtype, force, allow_pickle.
         quality: Also measure perplexity and KL divergence against the source on the
             shipped evaluation text.
+        quality_tokens: Score only the first this many tokens of it (default: all).
         progress: Show progress bars.
         cache_dir: Where catalog models are cached (default: the user cache).
 
@@ -143,7 +145,11 @@ def convert_model(
             )
         else:
             plan = _convert_hf(source, dst, options, manifest, progress, Path(scratch))
-        report = measure_quality(source, dst, progress=progress) if quality else None
+        report = None
+        if quality:
+            report = measure_quality(
+                source, dst, max_tokens=quality_tokens, progress=progress
+            )
     return ConversionResult(dst, plan, report)
 
 
@@ -205,7 +211,7 @@ def _convert_hf(
 
 
 def load_reference(source: Source) -> nn.Module:
-    """The source model in float32, unquantized: the yardstick for the quality report."""
+    """The source model in float32, unquantized: the quality report's yardstick."""
     options = ConvertOptions(dtype="float32")
     if source.kind == "hf":
         with tempfile.TemporaryDirectory(prefix="silica-ref-") as scratch:
@@ -229,9 +235,17 @@ def load_reference(source: Source) -> nn.Module:
 
 
 def measure_quality(
-    source: Source, dst: Path, *, progress: bool = True
+    source: Source, dst: Path, *, max_tokens: int | None = None, progress: bool = True
 ) -> QualityReport:
-    """Perplexity and KL divergence of ``dst`` against its source on the shipped text."""
-    converted, tokenizer = mlx_lm_load(str(dst))
+    """Perplexity and KL divergence of ``dst`` against its source on the shipped text.
+
+    On the CPU backend the converted model is scored with its weights dequantized to
+    float32: the same values the quantized kernels multiply by, through BLAS, which is
+    ~20x faster there than MLX's quantized CPU matmul for whole windows.
+    """
+    converted, tokenizer, _ = from_hf.load_lazy(dst, ConvertOptions())
+    if default_dtype() == "float32":
+        dequantize_model(converted)
     reference = load_reference(source)
-    return evaluate(reference, converted, eval_tokens(tokenizer), progress=progress)
+    tokens = eval_tokens(tokenizer)[:max_tokens]
+    return evaluate(reference, converted, tokens, progress=progress)

@@ -38,7 +38,7 @@ IGNORED_TENSORS = {"rope_freqs.weight"}
 
 @dataclass(frozen=True)
 class TensorPlan:
-    """What happens to one GGUF tensor: its MLX name and, if quantized, bits and group."""
+    """One GGUF tensor's fate: its MLX name and, if quantized, bits and group."""
 
     source: GGUFTensor
     target: str  # MLX parameter name, e.g. model.layers.0.self_attn.q_proj.weight
@@ -160,7 +160,7 @@ def _plan(
 def quantization_config(
     plans: list[TensorPlan], options: ConvertOptions
 ) -> dict | None:
-    """mlx-lm's ``quantization`` entry: a default plus each layer that differs from it."""
+    """mlx-lm's ``quantization`` entry: a default plus each layer that differs."""
     quantized = [p for p in plans if p.bits is not None]
     if not quantized:
         return None
@@ -181,7 +181,8 @@ def quantization_config(
 
 
 def _unpermute(rows: mx.array, n_head: int) -> mx.array:
-    # GGUF stores q/k rows permuted for llama.cpp's RoPE; undo it so mlx-lm's llama loads as is.
+    # GGUF stores q/k rows permuted for llama.cpp's RoPE; undo it so mlx-lm's llama
+    # loads them as they are.
     shape = rows.shape
     return (
         rows.reshape(n_head, shape[0] // n_head // 2, 2, -1)

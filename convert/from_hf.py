@@ -1,4 +1,4 @@
-"""Convert a Hugging Face safetensors directory (or an MLX one) with mlx-lm's quantizers."""
+"""Convert a Hugging Face safetensors (or MLX) directory with mlx-lm's quantizers."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ DEFAULT_GROUP_SIZE = 64
 
 
 def read_config(src: Path) -> dict:
-    """Read and check ``config.json``: strict JSON, an object, a model type mlx-lm knows.
+    """Read ``config.json``: strict JSON, an object, a model type mlx-lm knows.
 
     Raises:
         ModelFileError: The file is missing, malformed or names an unknown architecture.
@@ -65,9 +65,9 @@ def pickle_files(src: Path) -> list[Path]:
 
 
 def unpickle_to_safetensors(src: Path, staging: Path) -> Path:
-    """Copy a pickle checkpoint into ``staging`` as safetensors (only with --allow-pickle).
+    """Copy a pickle checkpoint into ``staging`` as safetensors (--allow-pickle only).
 
-    torch's ``weights_only`` loader refuses arbitrary objects, so even then no code runs.
+    torch's ``weights_only`` loader refuses arbitrary objects, so no code runs.
     """
     try:
         import torch
@@ -92,14 +92,14 @@ def unpickle_to_safetensors(src: Path, staging: Path) -> Path:
 
 
 def load_lazy(
-    src: Path, options: ConvertOptions, *, scratch: Path
+    src: Path, options: ConvertOptions, *, scratch: Path | None = None
 ) -> tuple[nn.Module, object, dict]:
     """Check the files, then load model, tokenizer and config with mlx-lm (lazily).
 
     Pickle checkpoints (only with ``options.allow_pickle``) are unpacked into
     ``scratch``, which must outlive the returned model.
     """
-    read_config(src)
+    config = read_config(src)
     if not list(src.glob("*.safetensors")) and pickle_files(src):
         if not options.allow_pickle:
             raise ModelFileError(
@@ -108,9 +108,29 @@ def load_lazy(
                 "Pickle can run code when loaded; convert it to safetensors, or pass "
                 "--allow-pickle if you trust the source",
             )
+        if scratch is None:
+            raise ValueError("Unpacking a pickle checkpoint needs a scratch directory.")
         src = unpickle_to_safetensors(src, scratch)
     check_safetensors_dir(src)
-    return load(str(src), lazy=True, return_config=True)
+    return load(
+        str(src), lazy=True, return_config=True, model_config=legacy_rope_fields(config)
+    )
+
+
+def legacy_rope_fields(config: dict) -> dict:
+    """``rope_theta`` / ``rope_scaling`` from transformers 5's ``rope_parameters``.
+
+    transformers 5 writes only ``rope_parameters``; mlx-lm's llama-style models read
+    the older top-level fields and silently fall back to ``rope_theta=10000``.
+    """
+    rope = config.get("rope_parameters")
+    theta = rope.get("rope_theta") if isinstance(rope, dict) else None
+    if not isinstance(theta, int | float):
+        return {}  # absent, or nested per layer type (models that read it themselves)
+    fields = {} if "rope_theta" in config else {"rope_theta": theta}
+    if rope.get("rope_type", "default") != "default" and not config.get("rope_scaling"):
+        fields["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+    return fields
 
 
 def prepare_model(model: nn.Module, config: dict, options: ConvertOptions) -> dict:

@@ -1,9 +1,9 @@
 """Turn GGUF tensor bytes into MLX arrays: Q4/Q5/Q8 blocks bit-exact, the rest decoded.
 
-MLX's affine format computes ``w = scale * q + bias`` per group of ``group_size`` values,
-with unsigned ``q`` packed as a little-endian bit stream into uint32 words. GGUF's Q4_0,
-Q4_1, Q5_0, Q5_1 and Q8_0 blocks are the same idea with 32 values per block, so they map
-over without rounding.
+MLX's affine format computes ``w = scale * q + bias`` per group of ``group_size``
+values, with unsigned ``q`` packed as a little-endian bit stream into uint32 words.
+GGUF's Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 blocks are the same idea with 32 values per
+block, so they map over without rounding.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ PACK_ROWS = 4096
 
 @dataclass(frozen=True)
 class Quantized:
-    """An MLX affine-quantized matrix: ``w = scales * unpack(weight) + biases`` per group."""
+    """An MLX affine-quantized matrix: ``w = scales * unpack(weight) + biases``."""
 
     weight: mx.array  # (rows, cols * bits / 32) uint32
     scales: mx.array  # (rows, cols / group_size)
@@ -46,7 +46,7 @@ class Quantized:
 
 
 def _pack(q: np.ndarray, bits: int) -> np.ndarray:
-    """Pack unsigned ints (rows, cols) as MLX does: a little-endian stream of ``bits``."""
+    """Pack unsigned ints (rows, cols) as MLX does: a little-endian bit stream."""
     rows = q.shape[0]
     shifts = np.arange(8, dtype=np.uint64) * np.uint64(bits)
     out = np.empty((rows, q.shape[1] * bits // 8), dtype=np.uint8)
@@ -64,7 +64,7 @@ def _pack(q: np.ndarray, bits: int) -> np.ndarray:
 
 
 def _nibbles(qs: np.ndarray) -> np.ndarray:
-    """GGUF puts values 0..15 of a block in the low nibbles and 16..31 in the high ones."""
+    """GGUF puts values 0..15 of a block in the low nibbles, 16..31 in the high."""
     return np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
 
 
@@ -123,7 +123,7 @@ def _triplet(q, scales, biases, rows: int, bits: int, dtype: mx.Dtype) -> Quanti
 
 
 def decode(raw: np.ndarray, ggml_type: T, shape: tuple[int, ...]) -> mx.array:
-    """Decode any GGUF tensor to float32 with the gguf package, the reference decoder."""
+    """Decode any GGUF tensor to float32 with the gguf package (the reference)."""
     if ggml_type in FLOAT_TYPES:
         values = raw.view(FLOAT_TYPES[ggml_type]).astype(np.float32)
     else:

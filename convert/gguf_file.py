@@ -1,4 +1,4 @@
-"""Read GGUF headers and tensor bytes in pure Python, with every count and offset checked.
+"""Read GGUF headers and tensor bytes in pure Python, checking every count and offset.
 
 Native loaders abort the process on crafted headers (see DESIGN.md, "Files are hostile
 until checked"), so nothing but this module parses a GGUF file before it is validated.
@@ -191,7 +191,7 @@ def _check_layout(path: Path, tensors: list[GGUFTensor], file_size: int) -> None
 
 
 class GGUFFile:
-    """A validated GGUF file: metadata, tensor table and zero-copy access to tensor bytes.
+    """A validated GGUF file: metadata, tensor table and access to tensor bytes.
 
     Use as a context manager: the file stays memory-mapped until it is closed.
 

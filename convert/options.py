@@ -1,4 +1,4 @@
-"""The validated options of one conversion, built at the edge (CLI, API) and trusted inside."""
+"""The validated options of one conversion, built at the edge and trusted inside."""
 
 from __future__ import annotations
 
@@ -58,5 +58,5 @@ class ConvertOptions:
 
 
 def default_dtype() -> str:
-    """float16 where a GPU runs MLX; float32 on the CPU backend (measured ~40x faster there)."""
+    """float16 where a GPU runs MLX; float32 on the CPU backend (~40x faster there)."""
     return "float16" if mx.metal.is_available() or mx.cuda.is_available() else "float32"

@@ -1,4 +1,4 @@
-"""Resolve what the user names (catalog name, GGUF file, model directory, hub repo id)."""
+"""Resolve what the user names: catalog name, GGUF file, directory, hub repo id."""
 
 from __future__ import annotations
 
@@ -52,7 +52,8 @@ def resolve_source(
     if REPO_ID.match(spec) and not spec.startswith((".", "/", "~")):
         return Source("hf", _from_hub(spec), spec)
     raise ValueError(
-        f"{spec!r} is not a file, a directory, a catalog model or a Hugging Face repo id. "
+        f"{spec!r} is not a file, a directory, a catalog model or a Hugging Face "
+        "repo id. "
         f"Catalog models: {', '.join(catalog.CATALOG)}."
     )
 
@@ -86,7 +87,8 @@ def _from_hub(repo_id: str) -> Path:
         return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
         raise ConnectionError(
-            f"Could not fetch {repo_id!r} from the Hugging Face Hub ({type(e).__name__}: {e}). "
-            "Check the network and the repo id, or give a local directory, a .gguf file or "
+            f"Could not fetch {repo_id!r} from the Hugging Face Hub "
+            f"({type(e).__name__}: {e}). Check the network and the repo id, or give "
+            "a local directory, a .gguf file or "
             f"a catalog model ({', '.join(catalog.CATALOG)})."
         ) from e

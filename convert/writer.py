@@ -1,4 +1,4 @@
-"""Write an MLX model directory atomically: staging dir, shards, config, manifest, rename.
+"""Write an MLX model directory atomically: stage, shards, config, manifest, rename.
 
 The output is mlx-lm's format (config.json with a ``quantization`` entry, safetensors
 shards with an index, tokenizer files), so ``mlx_lm.load`` reads it. Nothing appears at
@@ -44,7 +44,8 @@ def check_destination(dst: Path, *, force: bool, needed_bytes: int) -> None:
     free = shutil.disk_usage(parent).free
     if free < needed_bytes * DISK_MARGIN:
         raise OSError(
-            f"Not enough disk space for {dst}: the model needs {needed_bytes / 1e9:.2f} GB, "
+            f"Not enough disk space for {dst}: the model needs "
+            f"{needed_bytes / 1e9:.2f} GB, "
             f"{free / 1e9:.2f} GB is free. Free some space or write elsewhere."
         )
 

@@ -1,4 +1,4 @@
-"""GGUF -> MLX conversion on tiny random GGUF files written like llama.cpp writes them."""
+"""GGUF -> MLX conversion on tiny random GGUF files written like llama.cpp's."""
 
 from __future__ import annotations
 
@@ -90,7 +90,9 @@ def test_existing_output_is_refused_then_replaced_with_force(tmp_path):
     with pytest.raises(FileExistsError, match="--force"):
         convert_model(str(src), out, F32, progress=False)
     assert (out / "keep.txt").read_text() == "mine"
-    convert_model(str(src), out, ConvertOptions(dtype="float32", force=True), progress=False)
+    convert_model(
+        str(src), out, ConvertOptions(dtype="float32", force=True), progress=False
+    )
     assert not (out / "keep.txt").exists() and (out / "config.json").exists()
     assert not [p for p in tmp_path.iterdir() if ".silica-tmp-" in p.name]
 

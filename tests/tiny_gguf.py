@@ -22,7 +22,10 @@ CHAT_TEMPLATE = (
 def hf_shapes(arch: str) -> dict[str, tuple[int, ...]]:
     """Hugging Face parameter names and shapes of the tiny model."""
     head_dim, vocab = HIDDEN // HEADS, len(TOKENS)
-    shapes = {"model.embed_tokens.weight": (vocab, HIDDEN), "model.norm.weight": (HIDDEN,)}
+    shapes = {
+        "model.embed_tokens.weight": (vocab, HIDDEN),
+        "model.norm.weight": (HIDDEN,),
+    }
     for i in range(LAYERS):
         p = f"model.layers.{i}"
         shapes |= {
@@ -48,7 +51,11 @@ def hf_shapes(arch: str) -> dict[str, tuple[int, ...]]:
 def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
     """llama.cpp's convert_hf_to_gguf.py permute of q/k rows (its forward direction)."""
     rows = w.shape[0]
-    return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    return (
+        w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
 
 
 def write_tiny_gguf(
@@ -65,17 +72,23 @@ def write_tiny_gguf(
     _write_metadata(writer)
     reference = {}
     for name, shape in hf_shapes(arch).items():
-        w = rng.normal(0, 0.3 if len(shape) == 1 else 0.08, size=shape).astype(np.float32)
+        w = rng.normal(0, 0.3 if len(shape) == 1 else 0.08, size=shape).astype(
+            np.float32
+        )
         if len(shape) == 1 and "norm" in name:
             w += 1.0
         stored = w
         if arch == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
             stored = llama_cpp_permute(w, HEADS if "q_proj" in name else KV_HEADS)
-        qtype = T.F32 if len(shape) == 1 else (T.Q8_0 if "embed" in name else matrix_type)
+        qtype = (
+            T.F32 if len(shape) == 1 else (T.Q8_0 if "embed" in name else matrix_type)
+        )
         raw = gguf.quants.quantize(stored, qtype)
         values = gguf.quants.dequantize(raw, qtype).reshape(shape)
         if stored is not w:  # undo the permute on the values by index, independently
-            order = llama_cpp_permute(np.arange(shape[0]), HEADS if "q_proj" in name else KV_HEADS)
+            order = llama_cpp_permute(
+                np.arange(shape[0]), HEADS if "q_proj" in name else KV_HEADS
+            )
             values = values[np.argsort(order)]
         reference[name] = values
         gguf_name = name_map.get_name(name, try_suffixes=(".weight", ".bias"))

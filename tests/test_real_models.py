@@ -1,0 +1,113 @@
+"""The catalog's real models: pull, convert, load in mlx-lm, answer (slow: minutes)."""
+
+from __future__ import annotations
+
+import json
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from gguf.quants import dequantize
+from mlx_lm import generate
+from mlx_lm.sample_utils import make_sampler
+from mlx_lm.utils import load
+
+from convert.gguf_blocks import NATIVE_BITS
+from convert.gguf_file import GGUFFile
+from engine.cli import main
+from tests.tiny_gguf import llama_cpp_permute
+
+pytestmark = pytest.mark.slow
+GGUF_TO_MLX = {
+    "token_embd": "model.embed_tokens",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+
+
+def ask(path, question: str, max_tokens: int) -> str:
+    model, tokenizer = load(str(path))
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True
+    )
+    return generate(
+        model, tokenizer, prompt, max_tokens=max_tokens, sampler=make_sampler(0.0)
+    )
+
+
+@pytest.fixture(scope="module")
+def smollm2_4bit(tmp_path_factory, smollm2_gguf):
+    out = tmp_path_factory.mktemp("smol") / "smollm2-4bit"
+    assert (
+        main(["convert", "smollm2-135m-instruct", "-o", str(out), "--bits", "4", "-q"])
+        == 0
+    )
+    return out
+
+
+def test_smollm2_converts_and_answers_paris_in_mlx_lm(smollm2_4bit):
+    answer = ask(smollm2_4bit, "What is the capital of France?", 30)
+    assert "Paris" in answer
+
+
+def mlx_name(gguf_name: str) -> str:
+    parts = gguf_name.removesuffix(".weight").split(".")
+    if parts[0] == "blk":
+        return f"model.layers.{parts[1]}.{GGUF_TO_MLX[parts[2]]}"
+    return GGUF_TO_MLX[parts[0]]
+
+
+def test_smollm2_q4_1_and_q8_0_weights_are_bit_exact(smollm2_gguf, smollm2_4bit):
+    """Every Q4_1/Q8_0 tensor dequantizes in MLX to exactly gguf's reference values."""
+    weights = {}
+    for shard in smollm2_4bit.glob("model*.safetensors"):
+        weights |= mx.load(str(shard))
+    config = json.loads((smollm2_4bit / "config.json").read_text())
+    checked = {"Q4_1": 0, "Q8_0": 0}
+    with GGUFFile(smollm2_gguf) as g:
+        for name, t in g.tensors.items():
+            if t.ggml_type not in NATIVE_BITS:
+                continue
+            ref = dequantize(g.raw(name), t.ggml_type).reshape(t.shape)
+            if ".attn_q." in name or ".attn_k." in name:
+                heads = config[
+                    "num_attention_heads"
+                    if ".attn_q." in name
+                    else "num_key_value_heads"
+                ]
+                ref = ref[np.argsort(llama_cpp_permute(np.arange(t.shape[0]), heads))]
+            layer = mlx_name(name)
+            ours = mx.dequantize(
+                weights[f"{layer}.weight"],
+                weights[f"{layer}.scales"].astype(mx.float32),
+                weights[f"{layer}.biases"].astype(mx.float32),
+                group_size=32,
+                bits=NATIVE_BITS[t.ggml_type],
+            )
+            assert np.array_equal(np.array(ours), ref), name
+            checked[t.ggml_type.name] += 1
+    assert checked == {"Q4_1": 210, "Q8_0": 1}
+
+
+def test_smollm2_eval_report_shows_lossless_import(tmp_path, smollm2_gguf, capsys):
+    out = tmp_path / "smol"
+    assert main(["convert", str(smollm2_gguf), "-o", str(out), "--eval", "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert "perplexity" in printed and "KL" in printed
+    kl_line = next(line for line in printed.splitlines() if "KL" in line)
+    assert float(kl_line.split("mean")[1].split()[0]) < 1e-3
+
+
+@pytest.mark.parametrize("fixture", ["qwen05_gguf", "qwen15_gguf"])
+def test_qwen_coder_converts_and_writes_code(request, tmp_path, fixture):
+    src = request.getfixturevalue(fixture)
+    out = tmp_path / "qwen"
+    assert main(["convert", str(src), "-o", str(out), "-q"]) == 0
+    answer = ask(out, "Write a Python function that reverses a string.", 60)
+    assert "def " in answer
+    assert any(s in answer for s in ("[::-1]", "reversed(", "reverse("))
