@@ -21,6 +21,7 @@ from convert.gguf_blocks import (
     NATIVE_BITS,
     NEAREST_BITS,
     Quantized,
+    UnsupportedTensorType,
     blocks_to_mlx,
     decode,
     quantize,
@@ -200,7 +201,10 @@ def convert_tensor(
     if plan.exact:
         q = blocks_to_mlx(raw, t.ggml_type, dtype)
     else:
-        w = decode(raw, t.ggml_type, t.shape)
+        try:
+            w = decode(raw, t.ggml_type, t.shape)
+        except UnsupportedTensorType as e:
+            raise ModelFileError(g.path, f"tensor {t.name!r}: {e}") from e
         q = (
             quantize(w, plan.group_size, plan.bits, dtype)
             if plan.bits

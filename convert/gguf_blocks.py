@@ -34,6 +34,16 @@ GGUF_GROUP_SIZE = 32
 PACK_ROWS = 4096
 
 
+class UnsupportedTensorType(ValueError):
+    """A GGUF block type that neither MLX nor the gguf package can decode."""
+
+    def __init__(self, type_name: str) -> None:
+        super().__init__(
+            f"GGUF type {type_name} cannot be decoded yet; re-export the model with a "
+            "common type (Q4_K_M, Q8_0, F16)"
+        )
+
+
 @dataclass(frozen=True)
 class Quantized:
     """An MLX affine-quantized matrix: ``w = scales * unpack(weight) + biases``."""
@@ -127,7 +137,10 @@ def decode(raw: np.ndarray, ggml_type: T, shape: tuple[int, ...]) -> mx.array:
     if ggml_type in FLOAT_TYPES:
         values = raw.view(FLOAT_TYPES[ggml_type]).astype(np.float32)
     else:
-        values = dequantize(raw, ggml_type)
+        try:
+            values = dequantize(raw, ggml_type)
+        except NotImplementedError as e:
+            raise UnsupportedTensorType(ggml_type.name) from e
     return mx.array(values.reshape(shape))
 
 

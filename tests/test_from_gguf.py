@@ -16,7 +16,7 @@ from convert.errors import ModelFileError
 from convert.from_gguf import build_model, gguf_config
 from convert.gguf_file import GGUFFile
 from convert.options import ConvertOptions
-from tests.tiny_gguf import TOKENS, write_tiny_gguf
+from tests.tiny_gguf import HIDDEN, TOKENS, write_tiny_gguf
 
 F32 = ConvertOptions(dtype="float32")
 PROMPT = [5, 80, 120, 33, 200, 7, 64, 1, 90, 250]
@@ -111,27 +111,26 @@ def test_unknown_architecture_is_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_missing_tensor_is_named(tmp_path):
-    full = tmp_path / "full.gguf"
-    write_tiny_gguf(full)
-    src = tmp_path / "partial.gguf"
-    with GGUFFile(full) as g:
-        writer = gguf.GGUFWriter(str(src), "llama")
+def rewrite_gguf(src, dst, edit) -> None:
+    """Copy a GGUF file, passing each (name, raw bytes, type) through ``edit``.
+
+    ``edit`` returns the (raw, type) to write, or None to drop the tensor.
+    """
+    with GGUFFile(src) as g:
+        writer = gguf.GGUFWriter(str(dst), g.architecture)
         for key, value in g.metadata.items():
             if not key.startswith(("GGUF.", "general.architecture")):
-                _copy_kv(writer, g, key, value)
+                _copy_kv(writer, key, value)
         for name, t in g.tensors.items():
-            if name != "blk.1.ffn_up.weight":
-                writer.add_tensor(name, g.raw(name), raw_dtype=t.ggml_type)
+            if kept := edit(name, g.raw(name), t.ggml_type):
+                writer.add_tensor(name, kept[0], raw_dtype=kept[1])
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-    with pytest.raises(ModelFileError, match="blk.1.ffn_up.weight"):
-        convert_model(str(src), tmp_path / "out", F32, progress=False)
 
 
-def _copy_kv(writer: gguf.GGUFWriter, g: GGUFFile, key: str, value) -> None:
+def _copy_kv(writer: gguf.GGUFWriter, key: str, value) -> None:
     if isinstance(value, list):
         writer.add_array(key, value)
     elif isinstance(value, str):
@@ -142,6 +141,20 @@ def _copy_kv(writer: gguf.GGUFWriter, g: GGUFFile, key: str, value) -> None:
         writer.add_float32(key, value)
     else:
         writer.add_uint32(key, value)
+
+
+def test_missing_tensor_is_named(tmp_path):
+    write_tiny_gguf(tmp_path / "full.gguf")
+    src = tmp_path / "partial.gguf"
+    rewrite_gguf(
+        tmp_path / "full.gguf",
+        src,
+        lambda name, raw, qtype: (
+            None if name == "blk.1.ffn_up.weight" else (raw, qtype)
+        ),
+    )
+    with pytest.raises(ModelFileError, match="blk.1.ffn_up.weight"):
+        convert_model(str(src), tmp_path / "out", F32, progress=False)
 
 
 def test_truncated_gguf_is_refused_before_any_native_loader(tmp_path):
@@ -159,3 +172,19 @@ def test_recipe_is_refused_for_gguf(tmp_path):
     write_tiny_gguf(src)
     with pytest.raises(ValueError, match="--recipe"):
         convert_model(str(src), tmp_path / "o", ConvertOptions(recipe="mixed_4_6"))
+
+
+def test_undecodable_tensor_type_is_named(tmp_path):
+    write_tiny_gguf(tmp_path / "full.gguf")
+
+    def to_q8_1(name, raw, qtype):
+        if name != "blk.0.ffn_up.weight":
+            return raw, qtype
+        # Q8_1: 40-byte blocks of 32 values, which gguf cannot decode
+        return np.zeros((raw.shape[0], HIDDEN // 32 * 40), np.uint8), T.Q8_1
+
+    src = tmp_path / "odd.gguf"
+    rewrite_gguf(tmp_path / "full.gguf", src, to_q8_1)
+    with pytest.raises(ModelFileError, match="blk.0.ffn_up.weight.*Q8_1"):
+        convert_model(str(src), tmp_path / "out", F32, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full.gguf", "odd.gguf"]

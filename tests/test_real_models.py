@@ -96,7 +96,16 @@ def test_smollm2_q4_1_and_q8_0_weights_are_bit_exact(smollm2_gguf, smollm2_4bit)
 
 def test_smollm2_eval_report_shows_lossless_import(tmp_path, smollm2_gguf, capsys):
     out = tmp_path / "smol"
-    assert main(["convert", str(smollm2_gguf), "-o", str(out), "--eval", "-q"]) == 0
+    argv = [
+        "convert",
+        str(smollm2_gguf),
+        "-o",
+        str(out),
+        "--eval",
+        "--eval-tokens",
+        "1024",
+    ]
+    assert main([*argv, "-q"]) == 0
     printed = capsys.readouterr().out
     assert "perplexity" in printed and "KL" in printed
     kl_line = next(line for line in printed.splitlines() if "KL" in line)
