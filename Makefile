@@ -46,8 +46,8 @@ test-fast: install
 	$(WITH_BLAS) $(PY) -m pytest -m "not slow"
 
 lint: install
-	$(VENV)/bin/ruff check engine convert webui tests
-	$(VENV)/bin/ruff format --check engine convert webui tests
+	$(VENV)/bin/ruff check engine convert webui tests examples
+	$(VENV)/bin/ruff format --check engine convert webui tests examples
 
 clean:
 	rm -rf $(VENV) models .pytest_cache
