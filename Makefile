@@ -7,8 +7,8 @@ MODEL ?= smollm2-135m-instruct
 MODEL_DIR ?= models/$(MODEL)-4bit
 PROMPT ?= What is the capital of France?
 
-# MLX's Linux CPU wheel bundles a slow reference BLAS; OpenBLAS preloaded makes fp32
-# prefill ~20x faster (docs/BENCHMARKS.md). Installed on Debian-like systems only.
+# MLX's Linux CPU wheel bundles a slow reference BLAS; preloading OpenBLAS speeds up
+# fp32 matmuls many times over (measured in ../shared/DESIGN.md). Debian-like only.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FIND_OPENBLAS := ldconfig -p 2>/dev/null | awk '/libopenblas\.so\.0 /{print $$NF; exit}'
 WITH_BLAS := LD_PRELOAD="$$($(FIND_OPENBLAS))"

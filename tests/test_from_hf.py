@@ -1,4 +1,4 @@
-"""Hugging Face (and MLX) directories to MLX: logits match transformers, errors are clear."""
+"""HF and MLX directories to MLX: logits match transformers; errors are clear."""
 
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ ROPE_THETA = 500_000.0  # not mlx-lm's default, so a lost rope_theta shows in lo
 N_TOKENS = 64
 F32 = ConvertOptions(dtype="float32")
 QUESTION = "What is the capital of France?"
-ENGLISH_AND_CODE = (
-    "The quick brown fox jumps over the lazy dog.\n"
+ENGLISH_AND_CODE = (  # 34 SmolLM2 tokens
+    "The quick brown fox jumps over the lazy dog. Water boils at 100 degrees Celsius.\n"
     "def add(a, b):\n    return a + b\n"
 )
 
@@ -122,7 +122,7 @@ def test_float32_logits_match_transformers(tmp_path, tiny_hf):
 
 @pytest.mark.parametrize(
     ("bits", "group_size", "min_agreement", "max_error"),
-    [(8, 64, 0.9, 0.05), (8, 32, 0.9, 0.05), (4, 32, 0.6, 0.5), (4, 64, 0.6, 0.5)],
+    [(8, 64, 0.9, 0.03), (8, 32, 0.9, 0.03), (4, 32, 0.6, 0.3), (4, 64, 0.6, 0.3)],
 )
 def test_quantized_logits_stay_close(
     tmp_path, tiny_hf, bits, group_size, min_agreement, max_error
@@ -335,10 +335,12 @@ def test_smollm2_float32_matches_transformers(tmp_path, smollm2_hf):
 @pytest.mark.parametrize(
     ("bits", "group_size", "min_agreement", "question"),
     [
-        (8, 64, 0.9, QUESTION),
-        # The GGUF's weights are Q4_1 already; quantizing them again to 4 bits costs
-        # more than a bf16 checkpoint would, and with group 64 the answer drifts.
-        (4, 32, 0.6, QUESTION + " Answer in one sentence."),
+        (8, 64, 0.9, QUESTION),  # measured: 97% agreement
+        # The weights are Q4_1 already: 4 bits again cost more than on a bf16 model
+        # (measured: 62% agreement at group 32 or 64). QUESTION's first answer token
+        # wins by 0.08 nats; asking for one sentence gives 1.5. Group 64 still answers
+        # in French.
+        (4, 32, 0.5, QUESTION + " Answer in one sentence."),
     ],
 )
 def test_smollm2_quantized_stays_close(
