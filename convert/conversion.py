@@ -70,10 +70,15 @@ def plan_conversion(
     if source.kind == "hf":
         model, _, config = from_hf.load_lazy(source.path, options, scratch=scratch)
         return _plan_hf(source, model, config, options)[0]
-    float_bytes = options.mx_dtype().size
     with GGUFFile(source.path) as g:
         plans = from_gguf.plan_tensors(g, from_gguf.gguf_config(g), options)
-    sizes = [p.nbytes(float_bytes) for p in plans]
+    return _plan_gguf(source, plans, options)
+
+
+def _plan_gguf(
+    source: Source, plans: list[from_gguf.TensorPlan], options: ConvertOptions
+) -> ConversionPlan:
+    sizes = [p.nbytes(options.mx_dtype().size) for p in plans]
     # One tensor decoded to float32 and its output are alive at once.
     peak = max(4 * p.elements + size for p, size in zip(plans, sizes, strict=True))
     quantized = sum(p.bits is not None for p in plans)
@@ -128,10 +133,7 @@ def convert_model(
         OSError: Not enough disk space.
     """
     dst = Path(dst)
-    if dst.exists() and not options.force:
-        raise FileExistsError(
-            f"{dst} already exists; choose another -o or pass --force."
-        )
+    check_destination(dst, force=options.force, needed_bytes=0)  # before any download
     source = resolve_source(src, cache_dir=cache_dir, progress=progress)
     manifest = {
         "source": str(source.path),
@@ -140,9 +142,7 @@ def convert_model(
     }
     with tempfile.TemporaryDirectory(prefix="silica-convert-") as scratch:
         if source.kind == "gguf":
-            plan = _convert_gguf(
-                source, dst, options, manifest, progress, Path(scratch)
-            )
+            plan = _convert_gguf(source, dst, options, manifest, progress)
         else:
             plan = _convert_hf(source, dst, options, manifest, progress, Path(scratch))
         report = None
@@ -154,22 +154,17 @@ def convert_model(
 
 
 def _convert_gguf(
-    source: Source,
-    dst: Path,
-    options: ConvertOptions,
-    manifest: dict,
-    progress: bool,
-    scratch: Path,
+    source: Source, dst: Path, options: ConvertOptions, manifest: dict, progress: bool
 ) -> ConversionPlan:
     if options.recipe:
         raise ValueError(
             "--recipe applies to Hugging Face sources; GGUF files keep their own mix."
         )
-    plan = plan_conversion(source, options, scratch)
-    check_destination(dst, force=options.force, needed_bytes=plan.output_bytes)
     with GGUFFile(source.path) as g:
         config = from_gguf.gguf_config(g)
         plans = from_gguf.plan_tensors(g, config, options)
+        plan = _plan_gguf(source, plans, options)
+        check_destination(dst, force=options.force, needed_bytes=plan.output_bytes)
         if quantization := from_gguf.quantization_config(plans, options):
             config["quantization"] = quantization
         config["torch_dtype"] = str(options.mx_dtype()).split(".")[-1]
@@ -229,8 +224,8 @@ def load_reference(source: Source) -> nn.Module:
         ]
         model = from_gguf.build_model(config)
         for arrays in from_gguf.iter_weights(g, plans, config, mx.float32):
+            mx.eval(list(arrays.values()))
             model.load_weights(list(arrays.items()), strict=False)
-            mx.eval(model.parameters())
         return model
 
 

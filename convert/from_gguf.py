@@ -26,7 +26,7 @@ from convert.gguf_blocks import (
     decode,
     quantize,
 )
-from convert.gguf_file import GGUFFile, GGUFTensor
+from convert.gguf_file import CORRUPT_FIX, GGUFFile, GGUFTensor
 from convert.options import ConvertOptions
 
 # GGUF architecture -> (mlx-lm model_type, HF architectures entry, q/k rows permuted).
@@ -34,7 +34,6 @@ ARCHS = {
     "llama": ("llama", "LlamaForCausalLM", True),
     "qwen2": ("qwen2", "Qwen2ForCausalLM", False),
 }
-IGNORED_TENSORS = {"rope_freqs.weight"}
 
 
 @dataclass(frozen=True)
@@ -87,6 +86,10 @@ def gguf_config(g: GGUFFile) -> dict:
         raise ModelFileError(
             g.path, f"metadata lacks {missing}", "The file is incomplete"
         )
+    if bad := [k for k in required if not _is_count(config[k])]:
+        raise ModelFileError(g.path, f"metadata has invalid {bad}", CORRUPT_FIX)
+    if "token_embd.weight" not in g.tensors:
+        raise ModelFileError(g.path, "has no token_embd.weight", CORRUPT_FIX)
     config.setdefault("num_key_value_heads", config["num_attention_heads"])
     config.setdefault("rms_norm_eps", 1e-6)
     config["vocab_size"] = g.tensors["token_embd.weight"].shape[0]
@@ -96,6 +99,12 @@ def gguf_config(g: GGUFFile) -> dict:
         if (token_id := g.metadata.get(f"tokenizer.ggml.{name}_token_id")) is not None:
             config[f"{name}_token_id"] = token_id
     return config
+
+
+def _is_count(value: object) -> bool:
+    return (
+        isinstance(value, int) and not isinstance(value, bool) and 0 < value < 1 << 24
+    )
 
 
 def _add_rope_scaling(g: GGUFFile, arch: str, config: dict) -> None:
@@ -124,7 +133,10 @@ def plan_tensors(
     Raises:
         ModelFileError: A tensor the model needs is missing, or the file has extra ones.
     """
-    targets = [k for k, _ in tree_flatten(build_model(config).parameters())]
+    try:
+        targets = [k for k, _ in tree_flatten(build_model(config).parameters())]
+    except (TypeError, ValueError, ZeroDivisionError) as e:
+        raise ModelFileError(g.path, f"metadata describes no valid model ({e})") from e
     name_map = gguf.get_tensor_name_map(
         gguf.MODEL_ARCH[g.architecture.upper()], config["num_hidden_layers"]
     )
@@ -136,7 +148,7 @@ def plan_tensors(
             raise ModelFileError(g.path, f"tensor {source!r} (for {target}) is missing")
         used.add(source)
         plans.append(_plan(g.tensors[source], target, options, group_size))
-    if extra := set(g.tensors) - used - IGNORED_TENSORS:
+    if extra := set(g.tensors) - used:
         raise ModelFileError(
             g.path,
             f"has tensors the {g.architecture} model does not use: {sorted(extra)[:5]}",

@@ -111,16 +111,18 @@ def test_unknown_architecture_is_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def rewrite_gguf(src, dst, edit) -> None:
+def rewrite_gguf(src, dst, edit=lambda name, raw, t: (raw, t), **metadata) -> None:
     """Copy a GGUF file, passing each (name, raw bytes, type) through ``edit``.
 
-    ``edit`` returns the (raw, type) to write, or None to drop the tensor.
+    ``edit`` returns the (raw, type) to write, or None to drop the tensor; keyword
+    arguments replace metadata values (dots written as double underscores).
     """
+    overrides = {k.replace("__", "."): v for k, v in metadata.items()}
     with GGUFFile(src) as g:
         writer = gguf.GGUFWriter(str(dst), g.architecture)
         for key, value in g.metadata.items():
             if not key.startswith(("GGUF.", "general.architecture")):
-                _copy_kv(writer, key, value)
+                _copy_kv(writer, key, overrides.get(key, value))
         for name, t in g.tensors.items():
             if kept := edit(name, g.raw(name), t.ggml_type):
                 writer.add_tensor(name, kept[0], raw_dtype=kept[1])
@@ -188,3 +190,12 @@ def test_undecodable_tensor_type_is_named(tmp_path):
     with pytest.raises(ModelFileError, match="blk.0.ffn_up.weight.*Q8_1"):
         convert_model(str(src), tmp_path / "out", F32, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full.gguf", "odd.gguf"]
+
+
+@pytest.mark.parametrize("value", [0, "nine"])
+def test_impossible_metadata_is_refused(tmp_path, value):
+    write_tiny_gguf(tmp_path / "full.gguf")
+    src = tmp_path / "odd.gguf"
+    rewrite_gguf(tmp_path / "full.gguf", src, llama__attention__head_count=value)
+    with pytest.raises(ModelFileError, match="invalid.*num_attention_heads"):
+        convert_model(str(src), tmp_path / "out", F32, progress=False)
