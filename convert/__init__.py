@@ -10,6 +10,7 @@ from convert.catalog import CATALOG, DEFAULT_MODEL, CatalogError, pull
 from convert.commands import add_convert_parser, add_models_parser, run_command
 from convert.conversion import ConversionResult, convert_model
 from convert.errors import ModelFileError
+from convert.model_dirs import load_checked, model_dir
 from convert.options import ConvertOptions
 from convert.safetensors_check import check_safetensors_dir
 
@@ -24,6 +25,8 @@ __all__ = [
     "add_models_parser",
     "check_safetensors_dir",
     "convert_model",
+    "load_checked",
+    "model_dir",
     "pull",
     "run_command",
 ]
