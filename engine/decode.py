@@ -57,8 +57,9 @@ def decode(
         cancelled: Polled once per token; True ends the completion as "cancelled".
 
     Yields:
-        Chunks with new text; the last has ``finish_reason`` and ``stats``.
-
+        One chunk per generated token (its text may be empty while a character or a
+        possible stop string is incomplete); the last has ``finish_reason``
+        and ``stats``.
     Note: ``cache`` is updated in place and holds prompt + generated tokens on return;
     ``produced`` is extended in place.
     """
@@ -92,8 +93,9 @@ def decode(
         detokenizer.add_token(token)
         text, stopped = stops.push(detokenizer.last_segment)
         logprob = _logprob(loaded, token, logprobs, params) if params.logprobs else None
-        if text or logprob:
-            yield Chunk(text, index=index, token=token, logprob=logprob)
+        # One chunk per token, even with no text yet (a partial character or a held
+        # stop prefix), so token ids and logprobs stay complete.
+        yield Chunk(text, index=index, token=token, logprob=logprob)
         if stopped:
             finish = "stop"
             break

@@ -25,3 +25,17 @@ def qwen05_gguf() -> Path:
 def qwen15_gguf() -> Path:
     """The real Qwen2.5-Coder-1.5B-Instruct Q4_K_M GGUF (1.1 GB), sha256-checked."""
     return catalog.pull("qwen2.5-coder-1.5b-instruct", progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random llama (2 layers, 261 tokens, context 256) as an MLX directory."""
+    from convert import ConvertOptions, convert_model
+    from tests.tiny_gguf import write_tiny_gguf
+
+    root = tmp_path_factory.mktemp("tiny-model")
+    write_tiny_gguf(root / "tiny.gguf")
+    options = ConvertOptions(dtype="float32")
+    return convert_model(
+        str(root / "tiny.gguf"), root / "mlx", options, progress=False
+    ).path
