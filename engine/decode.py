@@ -60,6 +60,7 @@ def decode(
         One chunk per generated token (its text may be empty while a character or a
         possible stop string is incomplete); the last has ``finish_reason``
         and ``stats``.
+
     Note: ``cache`` is updated in place and holds prompt + generated tokens on return;
     ``produced`` is extended in place.
     """
