@@ -181,5 +181,5 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; nothing partial was left behind", file=sys.stderr)
+        print("interrupted", file=sys.stderr)
         return 130

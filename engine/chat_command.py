@@ -43,7 +43,7 @@ in the chat:
 
 examples:
   silica chat --model smollm2-135m-instruct
-  silica chat --model qwen2.5-coder-1.5b-instruct --system "You write Python." --temp 0.2
+  silica chat --model qwen2.5-coder-1.5b-instruct --system "You write Python." --temp 0
 """
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from convert import add_convert_parser, add_models_parser, run_command
+from engine.chat_command import add_chat_parser, add_generate_parser
 
 VERSION = "0.1.0"
 
@@ -17,6 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"silica {VERSION}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_generate_parser(sub)
+    add_chat_parser(sub)
     add_convert_parser(sub)
     add_models_parser(sub)
     return parser

@@ -104,7 +104,8 @@ def decode(
     tail = ""
     if finish != "stop":
         detokenizer.finalize()
-        text, stopped = stops.push(detokenizer.last_segment)
+        # A token limit can cut a character in half; drop it rather than show U+FFFD.
+        text, stopped = stops.push(detokenizer.last_segment.rstrip("\ufffd"))
         tail = text if stopped else text + stops.flush()
     end = time.perf_counter()
     first_at = first_at or end

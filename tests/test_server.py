@@ -1,0 +1,380 @@
+"""The OpenAI-compatible server, driven over HTTP by the official openai client."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import httpx
+import pytest
+import uvicorn
+from openai import OpenAI
+from starlette.testclient import TestClient
+
+from engine import Engine
+from engine.serve_command import add_serve_parser, parse_model_flag
+from engine.server import ServerSettings, make_app
+
+BODY_LIMIT = 1 << 16
+CHAT = [{"role": "user", "content": "hello there"}]
+LONG = {"model": "tiny", "prompt": "The cat", "max_tokens": 240, "n": 16}  # ~12 s
+
+
+@contextmanager
+def serve(app):
+    """Run ``app`` with uvicorn on a free local port in a background thread."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]})
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(20)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    with Engine() as engine:
+        yield engine
+
+
+@pytest.fixture(scope="module")
+def model(engine, tiny_model_dir):
+    return engine.load(str(tiny_model_dir), name="tiny")
+
+
+@pytest.fixture(scope="module")
+def base(engine, model):
+    app = make_app(engine, {"tiny": model}, ServerSettings(max_body_bytes=BODY_LIMIT))
+    with serve(app) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(base):
+    return OpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0, timeout=30)
+
+
+def complete(client, **kw):
+    return client.completions.create(model="tiny", prompt="The cat", **kw)
+
+
+def healthy(base):
+    return httpx.get(f"{base}/health").json()
+
+
+def test_models_and_health(base, client):
+    [info] = client.models.list().data
+    assert info.id == "tiny" and info.object == "model"
+    assert info.model_extra["context_length"] == 256
+    assert client.models.retrieve("tiny").id == "tiny"
+    assert healthy(base) == {"status": "ok", "models": ["tiny"], "queued": 0}
+
+
+def test_chat_matches_the_engine_and_stops_at_max_tokens(client, model):
+    reply = client.chat.completions.create(
+        model="tiny", messages=CHAT, max_tokens=8, temperature=0
+    )
+    [choice] = reply.choices
+    assert reply.object == "chat.completion" and choice.message.role == "assistant"
+    assert (
+        choice.message.content == model.generate(CHAT, max_tokens=8, temperature=0).text
+    )
+    assert choice.finish_reason == "length" and reply.usage.completion_tokens == 8
+    assert reply.usage.prompt_tokens == len(model.encode(CHAT))
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + 8
+    assert reply.usage.prompt_tokens_details.cached_tokens >= 0
+    assert reply.model_extra["silica_stats"][0]["completion_tokens"] == 8
+    newer = client.chat.completions.create(
+        model="tiny", messages=CHAT, max_completion_tokens=3, temperature=0
+    )
+    assert newer.usage.completion_tokens == 3
+
+
+def test_completion_in_the_issue_shape(client):
+    reply = client.completions.create(
+        model="tiny", prompt="The cat", max_tokens=100, n=1, stop=None, temperature=0.7
+    )
+    [choice] = reply.choices
+    assert reply.object == "text_completion" and isinstance(choice.text, str)
+    assert choice.finish_reason in ("stop", "length")
+    assert 0 < reply.usage.completion_tokens <= 100
+
+
+def test_streams_equal_whole_answers_and_end_with_usage(client):
+    whole = client.chat.completions.create(
+        model="tiny", messages=CHAT, max_tokens=12, temperature=0
+    )
+    events = list(
+        client.chat.completions.create(
+            model="tiny",
+            messages=CHAT,
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert events[0].choices[0].delta.role == "assistant"
+    text = "".join(e.choices[0].delta.content or "" for e in events if e.choices)
+    assert text == whole.choices[0].message.content
+    assert [e.choices[0].finish_reason for e in events if e.choices][-1] == "length"
+    assert events[-1].choices == [] and events[-1].usage.completion_tokens == 12
+    assert all(e.usage is None for e in events[:-1])
+    plain = complete(client, max_tokens=12, temperature=0)
+    pieces = list(complete(client, max_tokens=12, temperature=0, stream=True))
+    assert "".join(p.choices[0].text for p in pieces) == plain.choices[0].text
+    assert pieces[-1].choices[0].finish_reason == "length"
+    assert all(p.usage is None for p in pieces)
+
+
+def test_n_gives_indexed_choices(client):
+    reply = client.chat.completions.create(
+        model="tiny", messages=CHAT, max_tokens=5, n=2, seed=1
+    )
+    assert [c.index for c in reply.choices] == [0, 1]
+    assert reply.usage.completion_tokens == 10
+    texts = {0: "", 1: ""}
+    ends = {}
+    for event in complete(client, max_tokens=5, n=2, seed=1, stream=True):
+        for c in event.choices:
+            texts[c.index] += c.text
+            ends[c.index] = c.finish_reason or ends.get(c.index)
+    assert ends == {0: "length", 1: "length"}
+
+
+def test_stop_ends_the_text_before_the_stop_string(client):
+    text = complete(client, max_tokens=30, temperature=0).choices[0].text
+    stop = next(
+        text[k : k + 2] for k in range(3, 28) if "\ufffd" not in text[k : k + 2]
+    )
+    expected = text[: text.index(stop)]
+    for stops in (stop, ["zzz-never", stop]):
+        choice = complete(client, max_tokens=30, temperature=0, stop=stops).choices[0]
+        assert choice.text == expected and choice.finish_reason == "stop"
+
+
+def test_seeds_reproduce_and_differ(client):
+    def run(seed):
+        return complete(client, max_tokens=16, temperature=1, seed=seed).choices[0].text
+
+    assert run(7) == run(7)
+    assert len({run(seed) for seed in (1, 2, 3)}) > 1
+
+
+def test_logprobs_in_openai_shapes(client):
+    reply = client.chat.completions.create(
+        model="tiny", messages=CHAT, max_tokens=5, temperature=0, logprobs=True,
+        top_logprobs=3,
+    )  # fmt: skip
+    content = reply.choices[0].logprobs.content
+    assert len(content) == 5
+    for token in content:
+        assert len(token.top_logprobs) == 3 and token.logprob <= 0
+        assert token.logprob == pytest.approx(token.top_logprobs[0].logprob)
+    legacy = complete(client, max_tokens=5, temperature=0, logprobs=2).choices[0]
+    lp = legacy.logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 5
+    assert all(len(top) <= 2 for top in lp.top_logprobs)
+    assert lp.text_offset == sorted(lp.text_offset) and lp.text_offset[0] == 0
+    streamed = client.chat.completions.create(
+        model="tiny", messages=CHAT, max_tokens=5, temperature=0, logprobs=True,
+        stream=True,
+    )  # fmt: skip
+    tokens = [
+        t
+        for e in streamed
+        if e.choices[0].logprobs
+        for t in e.choices[0].logprobs.content
+    ]
+    assert [t.token for t in tokens] == [t.token for t in content]
+
+
+TOO_LONG = "hello " * 300  # over the tiny model's 256-token context
+BAD_REQUESTS = [
+    ("completions", '{"model": "tiny", "prompt": "hi", "max_tokens": -1}', 400),
+    ("completions", '{"model": "tiny", "prompt": "hi", "temperature": NaN}', 400),
+    ("completions", '{"model": "tiny", "prompt": "hi", "temperature": -Infinity}', 400),
+    ("completions", '{"model": "tiny", "prompt": "hi", "top_p": 2}', 400),
+    ("completions", '{"model": "tiny", "prompt": "hi", "n": 0}', 400),
+    ("completions", '{"model": "tiny", "prompt": "hi", "stop": ""}', 400),
+    ("completions", '{"model": "tiny", "prompt": "hi", "stop": ["a", ""]}', 400),
+    ("completions", '{"model": "tiny", "prompt": [1, 2, 3]}', 400),
+    ("completions", '{"model": "tiny", "prompt": ["a", "b"]}', 400),
+    ("completions", '{"model": "tiny", "prompt": ""}', 400),
+    ("completions", f'{{"model": "tiny", "prompt": "{TOO_LONG}"}}', 400),
+    ("completions", '{"model": "tiny", "prompt": "hi", "logit_bias": {"x": 1}}', 400),
+    ("completions", '{"model": "tiny", "prompt": "hi", "logit_bias": {"9999": 1}}', 400),
+    ("completions", '{"model": "tiny", "prompt": "hi", "stream": "yes"}', 400),
+    ("completions", '{"model": "tiny", "prompt": "hi", "echo": true}', 400),
+    ("completions", '{"model": "nope", "prompt": "hi"}', 404),
+    ("completions", '{"model": "tiny", "prompt": ', 400),
+    ("completions", "[1, 2]", 400),
+    ("chat/completions", '{"model": "tiny"}', 400),
+    ("chat/completions", '{"model": "tiny", "messages": [{"content": "x"}]}', 400),
+    ("chat/completions", f'{{"model": "tiny", "messages": [{{"role": "user", "content": "{TOO_LONG}"}}]}}', 400),  # noqa: E501
+    ("chat/completions", '{"model": "tiny", "messages": [], "top_logprobs": 2}', 400),
+    ("chat/completions", '{"model": "tiny", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}', 400),  # noqa: E501
+    ("chat/completions", '{"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1.5}', 400),  # noqa: E501
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "raw", "status"), BAD_REQUESTS)
+def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(
+    base, path, raw, status
+):
+    response = httpx.post(f"{base}/v1/{path}", content=raw.encode())
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["message"] and error["type"] and set(error) == {
+        "message", "type", "param", "code"
+    }  # fmt: skip
+    assert healthy(base)["status"] == "ok"
+
+
+def test_oversize_bodies_get_413_with_or_without_content_length(base):
+    body = json.dumps({"model": "tiny", "prompt": "x" * BODY_LIMIT}).encode()
+    response = httpx.post(f"{base}/v1/completions", content=body)
+    assert response.status_code == 413 and response.json()["error"]["message"]
+
+    def chunked():
+        yield from (body[i : i + 4096] for i in range(0, len(body), 4096))
+
+    assert httpx.post(f"{base}/v1/completions", content=chunked()).status_code == 413
+    assert healthy(base)["status"] == "ok"
+
+
+def test_api_key_is_required_when_set(engine, model):
+    app = make_app(engine, {"tiny": model}, ServerSettings(api_key="secret"))
+    with TestClient(app) as http:
+        assert http.get("/health").status_code == 200
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            response = http.get("/v1/models", headers=headers)
+            assert response.status_code == 401
+            assert response.json()["error"]["code"] == "invalid_api_key"
+            assert http.post("/v1/completions", headers=headers).status_code == 401
+        good = {"Authorization": "Bearer secret"}
+        assert http.get("/v1/models", headers=good).status_code == 200
+        body = {"model": "tiny", "prompt": "hi", "max_tokens": 2}
+        reply = http.post("/v1/completions", json=body, headers=good)
+        assert (
+            reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 2
+        )
+
+
+def test_a_full_queue_gives_503_with_retry_after(tiny_model_dir):
+    gate = threading.Event()
+    with Engine(max_queue=1) as engine:
+        model = engine.load(str(tiny_model_dir), name="tiny")
+        engine.worker.call(lambda models: gate.wait(10))  # hold the worker
+        waiting = model.stream("hi", max_tokens=1)  # fills the one queue slot
+        with TestClient(make_app(engine, {"tiny": model})) as http:
+            body = {"model": "tiny", "prompt": "hi", "max_tokens": 2}
+            response = http.post("/v1/completions", json=body)
+            gate.set()
+            assert response.status_code == 503 and response.headers["Retry-After"]
+            assert response.json()["error"]["type"] == "server_error"
+            assert list(waiting)[-1].finish_reason == "length"
+            assert http.post("/v1/completions", json=body).status_code == 200
+
+
+def assert_engine_is_free(base, client):
+    started = time.monotonic()
+    reply = complete(client, max_tokens=4, temperature=0)
+    assert reply.usage.completion_tokens == 4
+    assert time.monotonic() - started < 4, "the abandoned generation kept running"
+    assert healthy(base)["queued"] == 0
+
+
+def test_a_disconnecting_stream_cancels_its_generation(base, client):
+    with httpx.stream(
+        "POST", f"{base}/v1/completions", json=LONG | {"stream": True}
+    ) as r:
+        next(line for line in r.iter_lines() if line.startswith("data:"))
+    assert_engine_is_free(base, client)
+
+
+def test_a_disconnecting_non_streaming_client_cancels(base, client):
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{base}/v1/completions", json=LONG, timeout=0.5)
+    assert_engine_is_free(base, client)
+
+
+def test_a_stream_that_disconnects_while_queued_never_runs(base, client, engine):
+    gate = threading.Event()
+    engine.worker.call(lambda models: gate.wait(10))
+    body = {
+        "model": "tiny",
+        "messages": CHAT,
+        "max_tokens": 240,
+        "n": 16,
+        "stream": True,
+    }
+    with httpx.stream("POST", f"{base}/v1/chat/completions", json=body) as r:
+        first = next(line for line in r.iter_lines() if line.startswith("data:"))
+    assert json.loads(first[5:])["choices"][0]["delta"]["role"] == "assistant"
+    time.sleep(0.5)  # the server notices the disconnect while the job is queued
+    gate.set()
+    assert_engine_is_free(base, client)
+
+
+def test_concurrent_clients_each_get_their_own_answer(client):
+    prompts = ["The cat", "Once upon", "hello there", "a b c d"]
+
+    def ask(prompt):
+        reply = client.completions.create(
+            model="tiny", prompt=prompt, max_tokens=20, temperature=0
+        )
+        return reply.choices[0].text, reply.usage.completion_tokens
+
+    alone = [ask(p) for p in prompts]
+    with ThreadPoolExecutor(len(prompts) * 2) as pool:
+        together = list(pool.map(ask, prompts * 2))
+    assert together == alone * 2
+
+
+def test_serve_flags(tmp_path):
+    parser = argparse.ArgumentParser()
+    add_serve_parser(parser.add_subparsers())
+    args = parser.parse_args(["serve", "--model", "a", "--model", "b=./x"])
+    assert (args.host, args.port, args.model) == ("127.0.0.1", 8080, ["a", "b=./x"])
+    assert args.func.__name__ == "run_serve"
+    assert parse_model_flag("coder=qwen2.5-coder-0.5b-instruct") == (
+        "coder",
+        "qwen2.5-coder-0.5b-instruct",
+    )
+    gguf = tmp_path / "m.gguf"
+    gguf.touch()
+    assert parse_model_flag(str(gguf)) == ("m", str(gguf))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--port", "0"])
+
+
+@pytest.mark.slow
+def test_real_model_answers_paris_over_streaming_chat():
+    with Engine() as engine:
+        model = engine.load("smollm2-135m-instruct")
+        with serve(make_app(engine, {model.name: model})) as url:
+            client = OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+            stream = client.chat.completions.create(
+                model=model.name,
+                messages=[
+                    {"role": "user", "content": "What is the capital of France?"}
+                ],
+                max_tokens=30,
+                temperature=0,
+                stream=True,
+            )
+            text = "".join(e.choices[0].delta.content or "" for e in stream)
+    assert "Paris" in text
