@@ -26,9 +26,10 @@ CONVERT_EPILOG = """\
 SRC can be a catalog name (see `silica models list`), a .gguf file, a Hugging Face
 safetensors directory, an MLX directory, or a Hugging Face repo id (needs network).
 
-GGUF: Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 tensors are repacked bit-exact (group size 32);
-other types (Q4_K, Q6_K, ...) are decoded and re-quantized to --bits (default: the
-nearest width). Hugging Face: --bits quantizes with mlx-lm (default group size 64).
+GGUF: Q4_0, Q4_1, Q4_K, Q5_0, Q5_1 and Q8_0 tensors are repacked bit-exact (group
+size 32); other types (Q6_K, Q2_K, ...) are decoded and re-quantized to --bits
+(default: the nearest width). Hugging Face: --bits quantizes with mlx-lm (default
+group size 64).
 
 examples:
   silica models pull smollm2-135m-instruct

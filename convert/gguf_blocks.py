@@ -13,16 +13,15 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
-from gguf.quants import dequantize
+from gguf.quants import Q4_K, dequantize
 
 T = GGMLQuantizationType
-NATIVE_BITS = {T.Q4_0: 4, T.Q4_1: 4, T.Q5_0: 5, T.Q5_1: 5, T.Q8_0: 8}
+NATIVE_BITS = {T.Q4_0: 4, T.Q4_1: 4, T.Q4_K: 4, T.Q5_0: 5, T.Q5_1: 5, T.Q8_0: 8}
 FLOAT_TYPES = {T.F32: np.float32, T.F16: np.float16, T.F64: np.float64}
 # Bits to re-quantize to when the user asks for none: the nearest MLX width.
 NEAREST_BITS = {
     T.Q2_K: 2,
     T.Q3_K: 3,
-    T.Q4_K: 4,
     T.Q5_K: 5,
     T.Q6_K: 6,
     T.Q8_1: 8,
@@ -85,13 +84,14 @@ def _fifth_bits(qh: np.ndarray) -> np.ndarray:
 
 
 def blocks_to_mlx(raw: np.ndarray, ggml_type: T, dtype: mx.Dtype) -> Quantized:
-    """Repack Q4_0, Q4_1, Q5_0, Q5_1 or Q8_0 blocks as MLX triplets, without rounding.
+    """Repack Q4_0, Q4_1, Q4_K, Q5_0, Q5_1 or Q8_0 blocks as MLX triplets.
 
     Args:
         raw: The tensor's bytes, shape (rows, bytes per row).
         ggml_type: One of ``NATIVE_BITS``.
-        dtype: dtype of the scales and biases; float16 and float32 keep every value
-            exact (GGUF scales are float16), bfloat16 rounds them.
+        dtype: dtype of the scales and biases. float32 keeps every value exact;
+            float16 does too except for Q4_K, whose group scales need 17 bits;
+            bfloat16 rounds them.
 
     Returns:
         The quantized matrix with group size 32.
@@ -100,6 +100,8 @@ def blocks_to_mlx(raw: np.ndarray, ggml_type: T, dtype: mx.Dtype) -> Quantized:
     rows = raw.shape[0]
     blocks = raw.reshape(rows, -1, type_size)  # (rows, n_blocks, type_size)
     bits = NATIVE_BITS[ggml_type]
+    if ggml_type == T.Q4_K:
+        return _q4_k(blocks, rows, dtype)
     d = _half(blocks, 0)  # (rows, n_blocks)
     if ggml_type == T.Q8_0:
         q = blocks[..., 2:].view(np.int8).astype(np.int16) + 128  # (rows, n_blocks, 32)
@@ -115,6 +117,25 @@ def blocks_to_mlx(raw: np.ndarray, ggml_type: T, dtype: mx.Dtype) -> Quantized:
         q = _nibbles(blocks[..., start:])
     biases = _half(blocks, 2) if has_min else -float(1 << (bits - 1)) * d
     return _triplet(q, d, biases, rows, bits, dtype)
+
+
+def _q4_k(blocks: np.ndarray, rows: int, dtype: mx.Dtype) -> Quantized:
+    """Q4_K: 256-value blocks of eight 32-value groups, each ``d*sc*q - dmin*m``.
+
+    Each group is an MLX affine group of 32 with scale ``d*sc`` and bias ``-dmin*m``;
+    both products are exact in float32 (a float16 times a 6-bit integer).
+    """
+    n_blocks = blocks.shape[1]
+    d, dmin = _half(blocks, 0)[..., None], _half(blocks, 2)[..., None]
+    sc, mins = Q4_K.get_scale_min(blocks[..., 4:16].reshape(-1, 12))
+    sc = sc.reshape(rows, n_blocks, 8).astype(np.float32)
+    mins = mins.reshape(rows, n_blocks, 8).astype(np.float32)
+    # 4 runs of 32 bytes: low nibbles are group 2j, high nibbles group 2j+1.
+    qs = blocks[..., 16:].reshape(rows, n_blocks, 4, 1, 32)
+    q = (qs >> np.array([0, 4], np.uint8).reshape(2, 1)) & 0x0F  # (rows, n, 4, 2, 32)
+    scales = (d * sc).reshape(rows, -1)
+    biases = -(dmin * mins).reshape(rows, -1)
+    return _triplet(q, scales, biases, rows, 4, dtype)
 
 
 def _half(blocks: np.ndarray, at: int) -> np.ndarray:

@@ -315,15 +315,14 @@ async def _relay(
     threading.Thread(
         target=_pump, args=(stream, loop, inbox), name="silica-relay", daemon=True
     ).start()
+    check_at = loop.time() + settings.poll_s
     try:
         while True:
-            try:
-                item = await asyncio.wait_for(inbox.get(), settings.poll_s)
-            except asyncio.TimeoutError:
+            item = await _next_item(inbox, max(check_at - loop.time(), 1e-3))
+            if loop.time() >= check_at:  # checked on a clock: chunks may never pause
                 if await request.is_disconnected():
-                    raise ClientGone from None
-                yield None
-                continue
+                    raise ClientGone
+                check_at = loop.time() + settings.poll_s
             if item is _END:
                 return
             if isinstance(item, Exception):
@@ -331,6 +330,18 @@ async def _relay(
             yield item
     finally:
         stream.cancel()
+
+
+async def _next_item(inbox: asyncio.Queue, timeout: float) -> object:
+    """The next item of ``inbox``, or ``None`` after ``timeout`` seconds."""
+    try:
+        return inbox.get_nowait()
+    except asyncio.QueueEmpty:
+        pass
+    try:
+        return await asyncio.wait_for(inbox.get(), timeout)
+    except asyncio.TimeoutError:
+        return None
 
 
 def _pump(

@@ -320,3 +320,19 @@ def test_decode_matches_gguf_dequantize(ggml_type):
     ours = decode(raw, ggml_type, w.shape)
     assert ours.dtype == mx.float32 and ours.shape == w.shape
     assert np.array_equal(np.array(ours), dequantize(raw, ggml_type).reshape(w.shape))
+
+
+def test_q4_k_blocks_repack_exactly():
+    """Q4_K has no quantizer in gguf-py, so random blocks with sane scales stand in."""
+    rng = np.random.default_rng(7)
+    blocks = rng.integers(0, 256, size=(6, 3, 144), dtype=np.uint8)
+    for at in (0, 2):  # d and dmin, float16
+        halves = rng.normal(0, 0.02, size=(6, 3)).astype(np.float16)
+        blocks[..., at : at + 2] = halves[..., None].view(np.uint8)
+    raw = blocks.reshape(6, -1)
+    reference = gguf.quants.dequantize(raw, T.Q4_K)
+    exact = dequantize_mlx(blocks_to_mlx(raw, T.Q4_K, mx.float32))
+    assert np.array_equal(np.array(exact), reference)
+    halfs = dequantize_mlx(blocks_to_mlx(raw, T.Q4_K, mx.float16))
+    # float16 rounds the 17-bit group scales: close, relative to the tensor's range
+    assert np.abs(np.array(halfs) - reference).max() <= 2e-3 * np.abs(reference).max()

@@ -145,11 +145,9 @@ def test_n_gives_indexed_choices(client):
     )
     assert [c.index for c in reply.choices] == [0, 1]
     assert reply.usage.completion_tokens == 10
-    texts = {0: "", 1: ""}
     ends = {}
     for event in complete(client, max_tokens=5, n=2, seed=1, stream=True):
         for c in event.choices:
-            texts[c.index] += c.text
             ends[c.index] = c.finish_reason or ends.get(c.index)
     assert ends == {0: "length", 1: "length"}
 
@@ -202,31 +200,46 @@ def test_logprobs_in_openai_shapes(client):
 
 
 TOO_LONG = "hello " * 300  # over the tiny model's 256-token context
+
+
+def bad(name, raw, status=400, path="completions"):
+    return pytest.param(path, raw, status, id=name)
+
+
+def prompt(**fields):
+    return json.dumps({"model": "tiny", "prompt": "hi"} | fields)
+
+
+def chat(**fields):
+    return json.dumps({"model": "tiny", "messages": CHAT} | fields)
+
+
 BAD_REQUESTS = [
-    ("completions", '{"model": "tiny", "prompt": "hi", "max_tokens": -1}', 400),
-    ("completions", '{"model": "tiny", "prompt": "hi", "temperature": NaN}', 400),
-    ("completions", '{"model": "tiny", "prompt": "hi", "temperature": -Infinity}', 400),
-    ("completions", '{"model": "tiny", "prompt": "hi", "top_p": 2}', 400),
-    ("completions", '{"model": "tiny", "prompt": "hi", "n": 0}', 400),
-    ("completions", '{"model": "tiny", "prompt": "hi", "stop": ""}', 400),
-    ("completions", '{"model": "tiny", "prompt": "hi", "stop": ["a", ""]}', 400),
-    ("completions", '{"model": "tiny", "prompt": [1, 2, 3]}', 400),
-    ("completions", '{"model": "tiny", "prompt": ["a", "b"]}', 400),
-    ("completions", '{"model": "tiny", "prompt": ""}', 400),
-    ("completions", f'{{"model": "tiny", "prompt": "{TOO_LONG}"}}', 400),
-    ("completions", '{"model": "tiny", "prompt": "hi", "logit_bias": {"x": 1}}', 400),
-    ("completions", '{"model": "tiny", "prompt": "hi", "logit_bias": {"9999": 1}}', 400),
-    ("completions", '{"model": "tiny", "prompt": "hi", "stream": "yes"}', 400),
-    ("completions", '{"model": "tiny", "prompt": "hi", "echo": true}', 400),
-    ("completions", '{"model": "nope", "prompt": "hi"}', 404),
-    ("completions", '{"model": "tiny", "prompt": ', 400),
-    ("completions", "[1, 2]", 400),
-    ("chat/completions", '{"model": "tiny"}', 400),
-    ("chat/completions", '{"model": "tiny", "messages": [{"content": "x"}]}', 400),
-    ("chat/completions", f'{{"model": "tiny", "messages": [{{"role": "user", "content": "{TOO_LONG}"}}]}}', 400),  # noqa: E501
-    ("chat/completions", '{"model": "tiny", "messages": [], "top_logprobs": 2}', 400),
-    ("chat/completions", '{"model": "tiny", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}', 400),  # noqa: E501
-    ("chat/completions", '{"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1.5}', 400),  # noqa: E501
+    bad("negative max_tokens", prompt(max_tokens=-1)),
+    bad("fractional max_tokens", chat(max_tokens=1.5), path="chat/completions"),
+    bad("temperature NaN", prompt(temperature=float("nan"))),
+    bad("temperature -Infinity", prompt(temperature=float("-inf"))),
+    bad("temperature 1e999", prompt()[:-1] + ', "temperature": 1e999}'),
+    bad("top_p 2", prompt(top_p=2)),
+    bad("n 0", prompt(n=0)),
+    bad("empty stop", prompt(stop="")),
+    bad("empty stop in a list", prompt(stop=["a", ""])),
+    bad("token-id prompt", prompt(prompt=[1, 2, 3])),
+    bad("two prompts", prompt(prompt=["a", "b"])),
+    bad("empty prompt", prompt(prompt="")),
+    bad("prompt over the context", prompt(prompt=TOO_LONG)),
+    bad("chat over the context", chat(messages=[{"role": "user", "content": TOO_LONG}]), path="chat/completions"),  # noqa: E501
+    bad("logit_bias word key", prompt(logit_bias={"x": 1})),
+    bad("logit_bias beyond vocab", prompt(logit_bias={"9999": 1})),
+    bad("stream not bool", prompt(stream="yes")),
+    bad("echo", prompt(echo=True)),
+    bad("unknown model", prompt(model="nope"), status=404),
+    bad("malformed JSON", '{"model": "tiny", "prompt": '),
+    bad("not an object", "[1, 2]"),
+    bad("no messages", chat(messages=None), path="chat/completions"),
+    bad("message without role", chat(messages=[{"content": "x"}]), path="chat/completions"),  # noqa: E501
+    bad("top_logprobs alone", chat(top_logprobs=2), path="chat/completions"),
+    bad("image content", chat(messages=[{"role": "user", "content": [{"type": "image_url"}]}]), path="chat/completions"),  # noqa: E501
 ]  # fmt: skip
 
 
@@ -273,11 +286,18 @@ def test_api_key_is_required_when_set(engine, model):
         )
 
 
+def hold(engine) -> threading.Event:
+    """Block the engine worker until the returned event is set."""
+    entered, gate = threading.Event(), threading.Event()
+    engine.worker.call(lambda models: entered.set() or gate.wait(10))
+    assert entered.wait(10)
+    return gate
+
+
 def test_a_full_queue_gives_503_with_retry_after(tiny_model_dir):
-    gate = threading.Event()
     with Engine(max_queue=1) as engine:
         model = engine.load(str(tiny_model_dir), name="tiny")
-        engine.worker.call(lambda models: gate.wait(10))  # hold the worker
+        gate = hold(engine)
         waiting = model.stream("hi", max_tokens=1)  # fills the one queue slot
         with TestClient(make_app(engine, {"tiny": model})) as http:
             body = {"model": "tiny", "prompt": "hi", "max_tokens": 2}
@@ -312,8 +332,7 @@ def test_a_disconnecting_non_streaming_client_cancels(base, client):
 
 
 def test_a_stream_that_disconnects_while_queued_never_runs(base, client, engine):
-    gate = threading.Event()
-    engine.worker.call(lambda models: gate.wait(10))
+    gate = hold(engine)
     body = {
         "model": "tiny",
         "messages": CHAT,
