@@ -62,19 +62,21 @@ def mlx_name(gguf_name: str) -> str:
     return GGUF_TO_MLX[parts[0]]
 
 
-def test_smollm2_q4_1_and_q8_0_weights_are_bit_exact(smollm2_gguf, smollm2_4bit):
-    """Every Q4_1/Q8_0 tensor dequantizes in MLX to exactly gguf's reference values."""
+def count_exact_tensors(gguf_path, out) -> dict[str, int]:
+    """Check each natively repacked tensor of ``out`` against gguf's reference."""
     weights = {}
-    for shard in smollm2_4bit.glob("model*.safetensors"):
+    for shard in out.glob("model*.safetensors"):
         weights |= mx.load(str(shard))
-    config = json.loads((smollm2_4bit / "config.json").read_text())
-    checked = {"Q4_1": 0, "Q8_0": 0}
-    with GGUFFile(smollm2_gguf) as g:
+    config = json.loads((out / "config.json").read_text())
+    checked: dict[str, int] = {}
+    with GGUFFile(gguf_path) as g:
         for name, t in g.tensors.items():
             if t.ggml_type not in NATIVE_BITS:
                 continue
             ref = dequantize(g.raw(name), t.ggml_type).reshape(t.shape)
-            if ".attn_q." in name or ".attn_k." in name:
+            if config["model_type"] == "llama" and name.endswith(
+                ("attn_q.weight", "attn_k.weight")
+            ):
                 heads = config[
                     "num_attention_heads"
                     if ".attn_q." in name
@@ -90,8 +92,12 @@ def test_smollm2_q4_1_and_q8_0_weights_are_bit_exact(smollm2_gguf, smollm2_4bit)
                 bits=NATIVE_BITS[t.ggml_type],
             )
             assert np.array_equal(np.array(ours), ref), name
-            checked[t.ggml_type.name] += 1
-    assert checked == {"Q4_1": 210, "Q8_0": 1}
+            checked[t.ggml_type.name] = checked.get(t.ggml_type.name, 0) + 1
+    return checked
+
+
+def test_smollm2_q4_1_and_q8_0_weights_are_bit_exact(smollm2_gguf, smollm2_4bit):
+    assert count_exact_tensors(smollm2_gguf, smollm2_4bit) == {"Q4_1": 210, "Q8_0": 1}
 
 
 def test_smollm2_eval_report_shows_lossless_import(tmp_path, smollm2_gguf, capsys):
@@ -120,3 +126,5 @@ def test_qwen_coder_converts_and_writes_code(request, tmp_path, fixture):
     answer = ask(out, "Write a Python function that reverses a string.", 60)
     assert "def " in answer
     assert any(s in answer for s in ("[::-1]", "reversed(", "reverse("))
+    if fixture == "qwen15_gguf":  # Q4_K_M: its Q4_K tensors repack bit-exact
+        assert count_exact_tensors(src, out) == {"Q4_K": 169}
