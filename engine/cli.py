@@ -6,6 +6,7 @@ import argparse
 
 from convert import add_convert_parser, add_models_parser, run_command
 from engine.chat_command import add_chat_parser, add_generate_parser
+from engine.serve_command import add_serve_parser
 
 VERSION = "0.1.0"
 
@@ -20,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_generate_parser(sub)
     add_chat_parser(sub)
+    add_serve_parser(sub)
     add_convert_parser(sub)
     add_models_parser(sub)
     return parser

@@ -7,6 +7,7 @@ stays a thin layer and this stays easy to test.
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -14,6 +15,7 @@ from typing import Any
 
 from engine.schema import Chunk, SamplingParams, Stats, TokenLogprob
 
+IMPOSSIBLE = -9999.0
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 # Passed to SamplingParams as given; it checks types and ranges.
 SAMPLING_FIELDS = (
@@ -293,8 +295,13 @@ class Tally:
         return {"usage": usage, "silica_stats": per_choice}
 
 
+def _finite(logprob: float) -> float:
+    """JSON has no -inf; OpenAI reports impossible tokens as -9999."""
+    return logprob if math.isfinite(logprob) else IMPOSSIBLE
+
+
 def _token_json(text: str, logprob: float) -> dict[str, Any]:
-    return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+    return {"token": text, "logprob": _finite(logprob), "bytes": list(text.encode())}
 
 
 def chat_logprobs(logprobs: list[TokenLogprob]) -> dict[str, Any]:
@@ -311,8 +318,8 @@ def completion_logprobs(
 ) -> dict[str, Any]:
     return {
         "tokens": [lp.text for lp in logprobs],
-        "token_logprobs": [lp.logprob for lp in logprobs],
-        "top_logprobs": [{t: v for _, t, v in lp.top} for lp in logprobs],
+        "token_logprobs": [_finite(lp.logprob) for lp in logprobs],
+        "top_logprobs": [{t: _finite(v) for _, t, v in lp.top} for lp in logprobs],
         "text_offset": offsets,
     }
 

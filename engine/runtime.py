@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import queue
+import threading
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
+from jinja2 import TemplateError
 from mlx.utils import tree_flatten
 from mlx_lm.utils import get_total_parameters
 
@@ -61,24 +63,33 @@ class Model:
     """A loaded model: generate or stream text from a prompt or chat messages."""
 
     def __init__(self, engine: Engine, name: str, info: ModelInfo, tokenizer: Any):
-        self._engine, self.name, self.info, self._tokenizer = (
-            engine,
-            name,
-            info,
-            tokenizer,
-        )
+        self._engine, self.name, self.info = engine, name, info
+        self._tokenizer = tokenizer
+        self._tokenizer_lock = threading.Lock()
 
     def encode(self, prompt: str | Messages) -> list[int]:
-        """Token ids: chat messages go through the chat template, a string does not."""
-        if isinstance(prompt, str):
-            return list(self._tokenizer.encode(prompt))
-        if not self.info.has_chat_template:
+        """Token ids: chat messages go through the chat template, a string does not.
+
+        Raises:
+            ValueError: The prompt is empty, or the chat template rejects the messages.
+        """
+        if not isinstance(prompt, str) and not self.info.has_chat_template:
             raise ValueError(f"{self.name} has no chat template; pass a plain prompt.")
-        return list(
-            self._tokenizer.apply_chat_template(
-                list(prompt), add_generation_prompt=True
-            )
-        )
+        # Fast tokenizers are not safe to call from several threads at once.
+        with self._tokenizer_lock:
+            try:
+                tokens = (
+                    self._tokenizer.encode(prompt)
+                    if isinstance(prompt, str)
+                    else self._tokenizer.apply_chat_template(
+                        list(prompt), add_generation_prompt=True
+                    )
+                )
+            except TemplateError as e:
+                raise ValueError(f"The chat template rejected the messages: {e}") from e
+        if not tokens:
+            raise ValueError("The prompt is empty; give at least one token of text.")
+        return list(tokens)
 
     def stream(
         self,

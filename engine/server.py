@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from engine.openai_schema import (
     ApiError,
@@ -134,17 +135,18 @@ def _add_info_routes(
     @app.get("/v1/models")
     async def list_models(request: Request) -> dict[str, Any]:
         _check_key(request, settings)
-        return {"object": "list", "data": [_model_json(m) for m in models.values()]}
+        data = [_model_json(name, m) for name, m in models.items()]
+        return {"object": "list", "data": data}
 
     @app.get("/v1/models/{name:path}")
     async def get_model(request: Request, name: str) -> dict[str, Any]:
         _check_key(request, settings)
-        return _model_json(_pick(models, name))
+        return _model_json(name, _pick(models, name))
 
 
-def _model_json(model: Model) -> dict[str, Any]:
+def _model_json(name: str, model: Model) -> dict[str, Any]:
     return {
-        "id": model.name,
+        "id": name,
         "object": "model",
         "created": 0,
         "owned_by": "silica",
@@ -186,11 +188,14 @@ async def _read_body(request: Request, settings: ServerSettings) -> dict[str, An
     if declared.isdigit() and int(declared) > limit:
         raise too_large
     parts, size = [], 0
-    async for part in request.stream():
-        size += len(part)
-        if size > limit:
-            raise too_large
-        parts.append(part)
+    try:
+        async for part in request.stream():
+            size += len(part)
+            if size > limit:
+                raise too_large
+            parts.append(part)
+    except ClientDisconnect:  # nobody will read the answer; keep the log quiet
+        raise ApiError(400, "The client disconnected while sending.") from None
     return parse_json(b"".join(parts))
 
 
@@ -206,7 +211,7 @@ def _add_generation_route(
         api = parse(await _read_body(request, settings))
         model = _pick(models, api.model)
         stream = await _start(model, api, settings)
-        reply = Reply.new(model.name, chat=api.chat)
+        reply = Reply.new(api.model, chat=api.chat)
         if api.stream:
             return StreamingResponse(
                 _sse(request, stream, reply, api, settings),
@@ -241,11 +246,14 @@ async def _collect(
     request: Request, stream: ChunkStream, api: ApiRequest, settings: ServerSettings
 ) -> Tally:
     tally = Tally(api.params.n)
-    async with aclosing(_relay(request, stream, settings)) as chunks:
-        async for chunk in chunks:
-            if chunk is not None:
-                _raise_if_failed(chunk)
-                tally.add(chunk)
+    try:
+        async with aclosing(_relay(request, stream, settings)) as chunks:
+            async for chunk in chunks:
+                if chunk is not None:
+                    _raise_if_failed(chunk)
+                    tally.add(chunk)
+    except EngineDied as e:
+        raise ApiError(503, str(e), kind="server_error", code="engine_died") from None
     return tally
 
 
@@ -294,7 +302,7 @@ async def _sse(
 
 
 def _event(body: dict[str, Any]) -> str:
-    return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+    return f"data: {json.dumps(body, ensure_ascii=False, allow_nan=False)}\n\n"
 
 
 async def _relay(

@@ -144,3 +144,8 @@ def test_worker_error_ends_only_that_request(engine, model):
         chunks.append(chunk)
     assert chunks[-1].finish_reason == "error" and "no-such-model" in chunks[-1].error
     assert model.generate("still fine", GREEDY).choices[0].finish_reason
+
+
+def test_empty_prompt_is_a_value_error(model):
+    with pytest.raises(ValueError, match="empty"):
+        model.generate("", GREEDY)
