@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 
 import mlx.core as mx
 import numpy as np
@@ -30,14 +33,26 @@ GGUF_TO_MLX = {
 }
 
 
-def ask(path, question: str, max_tokens: int) -> str:
+def ask(path, question: str, max_tokens: int, system: str | None = None) -> str:
     model, tokenizer = load(str(path))
+    messages = [{"role": "system", "content": system}] if system else []
     prompt = tokenizer.apply_chat_template(
-        [{"role": "user", "content": question}], add_generation_prompt=True
+        [*messages, {"role": "user", "content": question}], add_generation_prompt=True
     )
     return generate(
         model, tokenizer, prompt, max_tokens=max_tokens, sampler=make_sampler(0.0)
     )
+
+
+def run_first_function(answer: str, argument: str) -> str:
+    """Run the first function in the answer's code block, in a separate process."""
+    code = answer.split("```python", 1)[-1].split("```", 1)[0]
+    name = re.search(r"def (\w+)\(", code).group(1)
+    call = f"{code}\nprint({name}({argument!r}))"
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", call], capture_output=True, text=True, timeout=20
+    )
+    return result.stdout.strip()
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +138,12 @@ def test_qwen_coder_converts_and_writes_code(request, tmp_path, fixture):
     src = request.getfixturevalue(fixture)
     out = tmp_path / "qwen"
     assert main(["convert", str(src), "-o", str(out), "-q"]) == 0
-    answer = ask(out, "Write a Python function that reverses a string.", 60)
-    assert "def " in answer
-    assert any(s in answer for s in ("[::-1]", "reversed(", "reverse("))
+    answer = ask(
+        out,
+        "Write a Python function that reverses a string.",
+        80,
+        system="Reply with only a Python code block, no explanation.",
+    )
+    assert run_first_function(answer, "hello, 世界") == "界世 ,olleh", answer
     if fixture == "qwen15_gguf":  # Q4_K_M: its Q4_K tensors repack bit-exact
         assert count_exact_tensors(src, out) == {"Q4_K": 169}

@@ -1,0 +1,432 @@
+"""Exact speculative decoding: a draft model or prompt lookup drafts, target checks.
+
+A drop-in for ``mlx_lm.generate.generate_step``. Drafts are checked in one target
+forward and accepted by the rule of Leviathan et al. (2023): accept ``d`` with
+probability ``min(1, p(d) / q(d))``, else sample from ``normalize(max(0, p - q))``.
+So the output has exactly the target's distribution, and greedy output equals
+plain greedy output token for token. Runs on the engine worker thread only.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.models.cache import KVCache
+
+from engine.sampling import LogitsProcessor, apply_min_p, apply_top_k, apply_top_p
+from engine.schema import SamplingParams
+
+MAX_ADAPTIVE_DRAFT = 8  # adaptive k grows to max(this, num_draft_tokens)
+LOOKUP_NGRAMS = (3, 2, 1)  # n-gram sizes prompt lookup tries, longest first
+
+Scale = Callable[[mx.array], mx.array]  # logprobs (n, V) -> logits to sample from
+
+
+@dataclass
+class SpecStats:
+    """Counters of one speculative generation; ``speculative_generate_step`` adds to
+    them in place as it goes.
+
+    Attributes:
+        drafted: Draft tokens proposed.
+        accepted: Draft tokens the target accepted.
+        emitted: Tokens yielded.
+        target_forwards: Target forwards after prefill (one per round).
+        draft_time_s: Seconds spent drafting (draft forwards or n-gram search).
+        verify_time_s: Seconds spent in target forwards and acceptance.
+    """
+
+    drafted: int = 0
+    accepted: int = 0
+    emitted: int = 0
+    target_forwards: int = 0
+    draft_time_s: float = 0.0
+    verify_time_s: float = 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def tokens_per_forward(self) -> float:
+        return self.emitted / self.target_forwards if self.target_forwards else 0.0
+
+
+def check_draft(tokenizer: Any, draft_tokenizer: Any) -> None:
+    """Refuse a draft whose tokenizer maps text to other ids than the main model's.
+
+    Raises:
+        ValueError: The two vocabularies differ.
+    """
+    vocab, draft_vocab = tokenizer.get_vocab(), draft_tokenizer.get_vocab()
+    if vocab != draft_vocab:
+        raise ValueError(
+            f"The draft model's vocabulary ({len(draft_vocab)} tokens) differs from "
+            f"the main model's ({len(vocab)} tokens); use a draft of the same family."
+        )
+
+
+def check_same_vocab(model_vocab_size: int, draft_vocab_size: int) -> None:
+    """Refuse a draft model whose output layer has another width.
+
+    Raises:
+        ValueError: The sizes differ.
+    """
+    if model_vocab_size != draft_vocab_size:
+        raise ValueError(
+            f"The draft model has vocab size {draft_vocab_size}, the main model "
+            f"{model_vocab_size}; use a draft of the same family."
+        )
+
+
+@dataclass
+class _Run:
+    """What one generation carries between rounds."""
+
+    model: nn.Module
+    cache: list[Any]
+    draft_model: nn.Module | None
+    draft_cache: list[Any] | None
+    tokens: list[int]  # history + every token yielded so far
+    seen_from: int  # logits processors see tokens[seen_from:], as in generate_step
+    target_len: int  # tokens the target cache holds (a prefix of ``tokens``)
+    draft_len: int  # tokens the draft cache holds
+    scale: Scale | None  # None is greedy
+    processors: list[LogitsProcessor]
+    seed: int
+    k: int
+    k_max: int
+    stats: SpecStats
+    key: mx.array | None = None
+
+    def split_keys(self, count: int) -> mx.array:
+        self.key, round_key = mx.random.split(self.key)
+        return mx.random.split(round_key, count)
+
+
+def speculative_generate_step(
+    prompt: mx.array,
+    model: nn.Module,
+    stream: mx.Stream,
+    *,
+    params: SamplingParams,
+    max_tokens: int,
+    prompt_cache: list[Any],
+    history: list[int] | None = None,
+    index: int = 0,
+    draft_model: nn.Module | None = None,
+    draft_cache: list[Any] | None = None,
+    lookup: bool = False,
+    num_draft_tokens: int = 4,
+    adaptive: bool = True,
+    logits_processors: list[LogitsProcessor] | None = None,
+    prefill_step_size: int = 512,
+    stats: SpecStats | None = None,
+) -> Iterator[tuple[int, mx.array, bool]]:
+    """Generate like ``generate_step``, drafting with ``draft_model`` or by lookup.
+
+    Args:
+        prompt: The prompt tokens ``prompt_cache`` does not hold yet (at least one).
+        model: The target model.
+        stream: The MLX stream all work runs on.
+        params: Temperature, top-p/top-k/min-p and seed (``max_tokens`` is ignored).
+        max_tokens: Tokens to yield at most.
+        prompt_cache: The target's KV cache holding the prompt before ``prompt``.
+        history: The whole prompt (cached part + ``prompt``), for the draft model
+            and lookup; defaults to ``prompt``.
+        index: Which completion of the request this is (seeds differ per index).
+        draft_model: A small model with the target's vocabulary.
+        draft_cache: The draft's KV cache, holding a prefix of ``history``; a new
+            one is made when None.
+        lookup: Draft by n-gram match in ``history`` + output instead.
+        num_draft_tokens: Draft tokens per round (the start value when adaptive).
+        adaptive: Raise k after a round that accepts all, lower it when less
+            than half is accepted (1 <= k <= max(8, num_draft_tokens)).
+        logits_processors: As for ``generate_step``: they see ``prompt`` + output.
+        prefill_step_size: Prompt tokens per forward while prefilling.
+        stats: Counters, updated in place.
+
+    Returns:
+        A generator of ``(token, logprobs, from_draft)``: the token, the target's
+        processed log probabilities at its position (vocab,), and whether a draft
+        proposed it.
+
+    Raises:
+        ValueError: Neither or both of ``draft_model`` and ``lookup``, a cache that
+            cannot be trimmed, an empty prompt or a draft of another vocab size.
+
+    Note: ``prompt_cache`` and ``draft_cache`` are updated in place; when the
+    generator ends or is closed each holds exactly ``history`` + the yielded tokens.
+    """
+    history = list(history) if history is not None else prompt.tolist()
+    draft_cache = _check_args(model, draft_model, draft_cache, lookup, prompt_cache)
+    if not 0 < len(prompt) <= len(history) or num_draft_tokens < 1:
+        raise ValueError("Speculation needs a non-empty prompt within the history.")
+    run = _Run(
+        model=model,
+        cache=prompt_cache,
+        draft_model=draft_model,
+        draft_cache=draft_cache,
+        tokens=history,
+        seen_from=len(history) - len(prompt),
+        target_len=len(history) - 1,
+        draft_len=len(history) - 1,
+        scale=_to_scale(params),
+        processors=list(logits_processors or []),
+        seed=params.seed if params.seed is not None else secrets.randbits(63),
+        k=num_draft_tokens,
+        k_max=max(MAX_ADAPTIVE_DRAFT, num_draft_tokens) if adaptive else 0,
+        stats=stats if stats is not None else SpecStats(),
+    )
+    return _generate(run, prompt, stream, max_tokens, prefill_step_size, index)
+
+
+def _generate(
+    run: _Run,
+    prompt: mx.array,
+    stream: mx.Stream,
+    max_tokens: int,
+    prefill_step_size: int,
+    index: int,
+) -> Iterator[tuple[int, mx.array, bool]]:
+    end = len(run.tokens) + max_tokens
+    with mx.stream(stream):
+        run.key = mx.random.key((run.seed + index) % (1 << 64))
+        _prefill(run.model, run.cache, prompt.tolist()[:-1], prefill_step_size)
+        if run.draft_model is not None:
+            # The draft cache may hold any prefix of the history; keep all but the last.
+            held = run.draft_cache[0].offset
+            _trim(run.draft_cache, held - run.draft_len)
+            rest = run.tokens[min(held, run.draft_len) : -1]
+            _prefill(run.draft_model, run.draft_cache, rest, prefill_step_size)
+        try:
+            while len(run.tokens) < end:
+                for token, logprobs, from_draft in _round(run, end - len(run.tokens)):
+                    run.tokens.append(token)
+                    run.stats.emitted += 1
+                    yield token, logprobs, from_draft
+        finally:
+            _sync(run)
+
+
+def _check_args(
+    model: nn.Module,
+    draft_model: nn.Module | None,
+    draft_cache: list[Any] | None,
+    lookup: bool,
+    prompt_cache: list[Any],
+) -> list[Any] | None:
+    if (draft_model is None) == (not lookup):
+        raise ValueError("Pass exactly one of draft_model and lookup=True.")
+    if draft_model is not None:
+        sizes = [
+            getattr(getattr(m, "args", None), "vocab_size", None)
+            for m in (model, draft_model)
+        ]
+        if None not in sizes:
+            check_same_vocab(*sizes)
+        draft_cache = (
+            draft_cache if draft_cache is not None else _new_cache(draft_model)
+        )
+    for cache in (prompt_cache, draft_cache or []):
+        if not all(c.is_trimmable() for c in cache):
+            kinds = sorted({type(c).__name__ for c in cache})
+            raise ValueError(
+                f"Speculative decoding needs trimmable KV caches (got {kinds})."
+            )
+    return draft_cache
+
+
+def _new_cache(model: nn.Module) -> list[Any]:
+    # mlx_lm's make_prompt_cache without a size limit; worker.py owns that import.
+    if hasattr(model, "make_cache"):
+        return model.make_cache()
+    return [KVCache() for _ in model.layers]
+
+
+def _to_scale(params: SamplingParams) -> Scale | None:
+    """The filters and temperature of ``sampling.to_sampler``; None when greedy."""
+    if params.temperature == 0:
+        return None
+    inverse_temperature = 1.0 / params.temperature
+
+    def scale(logprobs: mx.array) -> mx.array:
+        vocab = logprobs.shape[-1]
+        if params.top_p < 1.0:
+            logprobs = apply_top_p(logprobs, params.top_p)
+        if params.min_p > 0.0:
+            logprobs = apply_min_p(logprobs, params.min_p)
+        if 0 < params.top_k < vocab:
+            logprobs = apply_top_k(logprobs, params.top_k)
+        return logprobs * inverse_temperature
+
+    return scale
+
+
+def _forward(model: nn.Module, cache: list[Any], tokens: mx.array) -> mx.array:
+    return model(tokens[None], cache=cache)[0].astype(mx.float32)  # (n, V)
+
+
+def _prefill(model: nn.Module, cache: list[Any], tokens: list[int], step: int) -> None:
+    for start in range(0, len(tokens), step):
+        model(mx.array(tokens[start : start + step])[None], cache=cache)
+        mx.eval([c.state for c in cache])
+
+
+def _normalize(
+    logits: mx.array, seen: Callable[[int], mx.array], processors: list
+) -> mx.array:
+    """Log-softmax of each row after the processors; row j sees ``seen(j)``."""
+    if processors:
+        rows = []
+        for j in range(logits.shape[0]):
+            row = logits[j : j + 1]
+            for processor in processors:
+                row = processor(seen(j), row)
+            rows.append(row)
+        logits = mx.concatenate(rows)
+    return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+
+
+def _round(run: _Run, budget: int) -> list[tuple[int, mx.array, bool]]:
+    """Draft, verify in one forward, accept; return the round's tokens."""
+    k = min(run.k, budget - 1)  # a round yields at most k + 1 tokens
+    keys = run.split_keys(k + 2) if run.scale is not None else None
+    start = time.perf_counter()
+    if run.draft_model is not None:
+        drafts, q = _draft_with_model(run, k, keys)
+    else:
+        drafts, q = _lookup(run.tokens, k), None
+    middle = time.perf_counter()
+    inputs = mx.array(run.tokens[run.target_len :] + drafts)
+    logits = _forward(run.model, run.cache, inputs)[-len(drafts) - 1 :]
+    base = mx.array(run.tokens[run.seen_from :])
+    logprobs = _normalize(
+        logits,
+        lambda j: mx.concatenate([base, mx.array(drafts[:j], mx.int32)]),
+        run.processors,
+    )  # (k + 1, V)
+    n, token = _accept(logprobs, drafts, q, run.scale, keys)
+    _trim(run.cache, len(drafts) - n)
+    run.target_len = len(run.tokens) + n
+    if run.draft_model is not None and drafts:
+        # The draft cache holds tokens + d1..d(k-1); keep the accepted part.
+        kept = min(n, len(drafts) - 1)
+        _trim(run.draft_cache, len(drafts) - 1 - kept)
+        run.draft_len = len(run.tokens) + kept
+    _count(run, len(drafts), n, middle - start, time.perf_counter() - middle)
+    accepted = [(d, logprobs[j], True) for j, d in enumerate(drafts[:n])]
+    return [*accepted, (token, logprobs[n], False)]
+
+
+def _count(run: _Run, drafted: int, n: int, draft_s: float, verify_s: float) -> None:
+    stats = run.stats
+    stats.drafted += drafted
+    stats.accepted += n
+    stats.target_forwards += 1
+    stats.draft_time_s += draft_s
+    stats.verify_time_s += verify_s
+    if run.k_max and drafted:
+        if n == drafted:
+            run.k = min(run.k + 1, run.k_max)
+        elif 2 * n < drafted:
+            run.k = max(run.k - 1, 1)
+
+
+def _draft_with_model(
+    run: _Run, k: int, keys: mx.array | None
+) -> tuple[list[int], mx.array | None]:
+    """Sample k tokens from the draft; return them and their distributions (k, V)."""
+    if k == 0:
+        return [], None
+    base = mx.array(run.tokens[run.seen_from :])
+    inputs = mx.array(run.tokens[run.draft_len :])
+    drafts: list[mx.array] = []
+    qs: list[mx.array] = []
+    for i in range(k):
+        logits = _forward(run.draft_model, run.draft_cache, inputs)[-1:]
+        seen = mx.concatenate([base, *drafts])
+        logprobs = _normalize(logits, lambda _, s=seen: s, run.processors)
+        if run.scale is None:
+            inputs = mx.argmax(logprobs, axis=-1)
+        else:
+            scaled = run.scale(logprobs)
+            inputs = mx.random.categorical(scaled, key=keys[i])
+            qs.append(mx.softmax(scaled, axis=-1))
+        drafts.append(inputs)  # (1,)
+    run.draft_len = len(run.tokens) + k - 1  # d_k is not fed yet
+    q = mx.concatenate(qs) if qs else None
+    mx.eval(drafts, q)
+    return mx.concatenate(drafts).tolist(), q
+
+
+def _lookup(tokens: list[int], k: int) -> list[int]:
+    """The k tokens after the latest earlier match of the last n-gram, longest first."""
+    if k == 0:
+        return []
+    for n in LOOKUP_NGRAMS:
+        if len(tokens) <= n:
+            continue
+        tail = tokens[-n:]
+        for start in range(len(tokens) - n - 1, -1, -1):
+            if tokens[start : start + n] == tail:
+                return tokens[start + n : start + n + k]
+    return []
+
+
+def _accept(
+    logprobs: mx.array,
+    drafts: list[int],
+    q: mx.array | None,
+    scale: Scale | None,
+    keys: mx.array | None,
+) -> tuple[int, int]:
+    """How many drafts the target accepts, and the token it samples after them.
+
+    ``logprobs`` (k + 1, V) are the target's; ``q`` (k, V) the draft's sampling
+    distributions (None: one-hot at the drafts, as for lookup).
+    """
+    k = len(drafts)
+    if scale is None:  # greedy: p and q are one-hot at their argmax
+        best = mx.argmax(logprobs, axis=-1).tolist()
+        n = next((i for i in range(k) if drafts[i] != best[i]), k)
+        return n, best[n]
+    p = mx.softmax(scale(logprobs), axis=-1)  # (k + 1, V)
+    if k == 0:
+        return 0, mx.random.categorical(mx.log(p[0]), key=keys[1]).item()
+    d = mx.array(drafts, mx.int32)
+    if q is None:
+        q = (mx.arange(p.shape[-1])[None] == d[:, None]).astype(p.dtype)  # (k, V)
+    rows = mx.arange(k)
+    ok = mx.random.uniform(key=keys[k], shape=(k,)) * q[rows, d] < p[rows, d]
+    n = mx.cumprod(ok.astype(mx.int32)).sum()
+    # Row i < k: the residual after rejecting d(i+1); row k: the bonus distribution.
+    residual = mx.concatenate([mx.maximum(p[:k] - q, 0.0), p[k:]])
+    residual = mx.where(residual.sum(axis=-1, keepdims=True) > 0, residual, p)
+    picks = mx.random.categorical(mx.log(residual), key=keys[k + 1])  # (k + 1,)
+    mx.eval(n, picks)
+    return n.item(), picks[n].item()
+
+
+def _trim(cache: list[Any], count: int) -> None:
+    if count > 0:
+        for c in cache:
+            c.trim(count)
+
+
+def _sync(run: _Run) -> None:
+    """Make each cache hold exactly ``run.tokens`` (trim, or feed lazily)."""
+    pairs = [(run.model, run.cache, run.target_len)]
+    if run.draft_model is not None:
+        pairs.append((run.draft_model, run.draft_cache, run.draft_len))
+    for model, cache, held in pairs:
+        _trim(cache, held - len(run.tokens))
+        if held < len(run.tokens):
+            # Left lazy: computed only if the cache is used again.
+            model(mx.array(run.tokens[held:])[None], cache=cache)
