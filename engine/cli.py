@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from convert import add_convert_parser, add_models_parser, run_command
+from engine.bench_command import add_bench_parser
 from engine.chat_command import add_chat_parser, add_generate_parser
 from engine.serve_command import add_serve_parser
 
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate_parser(sub)
     add_chat_parser(sub)
     add_serve_parser(sub)
+    add_bench_parser(sub)
     add_convert_parser(sub)
     add_models_parser(sub)
     return parser

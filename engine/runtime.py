@@ -20,6 +20,7 @@ from engine.schema import Choice, Chunk, Completion, ModelInfo, SamplingParams, 
 from engine.worker import EngineDied, EngineWorker, GenerateRequest, Job
 
 Messages = Sequence[dict[str, Any]]
+Prompt = str | Messages | Sequence[int]  # raw text, chat messages, or token ids
 POLL_S = 0.5  # how often a waiting reader checks that the worker is alive
 
 
@@ -67,12 +68,22 @@ class Model:
         self._tokenizer = tokenizer
         self._tokenizer_lock = threading.Lock()
 
-    def encode(self, prompt: str | Messages) -> list[int]:
-        """Token ids: chat messages go through the chat template, a string does not.
+    def encode(self, prompt: Prompt) -> list[int]:
+        """Token ids: messages go through the chat template; a string or ids do not.
 
         Raises:
             ValueError: The prompt is empty, or the chat template rejects the messages.
         """
+        if _is_token_ids(prompt):
+            if (
+                not prompt
+                or max(prompt) >= self._tokenizer.vocab_size
+                or min(prompt) < 0
+            ):
+                raise ValueError(
+                    "Token ids must be non-empty and within the vocabulary."
+                )
+            return list(prompt)
         if not isinstance(prompt, str) and not self.info.has_chat_template:
             raise ValueError(f"{self.name} has no chat template; pass a plain prompt.")
         # Fast tokenizers are not safe to call from several threads at once.
@@ -100,7 +111,8 @@ class Model:
         """Stream chunks of text as they are generated.
 
         Args:
-            prompt: A raw prompt, or OpenAI-style messages for the chat template.
+            prompt: A raw prompt, OpenAI-style messages for the chat template, or
+                token ids.
             params: Sampling parameters; keyword arguments build them instead.
             **kwargs: Fields of ``SamplingParams`` (max_tokens, temperature, ...).
 
@@ -143,6 +155,11 @@ class Model:
         vocab = self._tokenizer.vocab_size
         if bad := [t for t, _ in params.logit_bias if t >= vocab]:
             raise ValueError(f"logit_bias names token ids {bad} beyond the vocabulary.")
+
+
+def _is_token_ids(prompt: object) -> bool:
+    ids = isinstance(prompt, list | tuple)
+    return ids and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
 
 
 def _completion(parts: dict[int, list[Chunk]]) -> Completion:

@@ -1,10 +1,9 @@
-"""Exact speculative decoding: a draft model or prompt lookup drafts, target checks.
+"""Exact speculative decoding (draft model or prompt lookup) for ``generate_step``.
 
-A drop-in for ``mlx_lm.generate.generate_step``. Drafts are checked in one target
-forward and accepted by the rule of Leviathan et al. (2023): accept ``d`` with
-probability ``min(1, p(d) / q(d))``, else sample from ``normalize(max(0, p - q))``.
-So the output has exactly the target's distribution, and greedy output equals
-plain greedy output token for token. Runs on the engine worker thread only.
+Drafts are verified in one target forward and accepted with probability
+``min(1, p(d) / q(d))``, else replaced by a sample of ``normalize(max(0, p - q))``
+(Leviathan et al., 2023): the output has exactly the target's distribution, and
+greedy output equals plain greedy output. Runs on the engine worker thread only.
 """
 
 from __future__ import annotations
@@ -30,16 +29,11 @@ Scale = Callable[[mx.array], mx.array]  # logprobs (n, V) -> logits to sample fr
 
 @dataclass
 class SpecStats:
-    """Counters of one speculative generation; ``speculative_generate_step`` adds to
-    them in place as it goes.
+    """Counters of a speculative generation, updated in place while it runs.
 
-    Attributes:
-        drafted: Draft tokens proposed.
-        accepted: Draft tokens the target accepted.
-        emitted: Tokens yielded.
-        target_forwards: Target forwards after prefill (one per round).
-        draft_time_s: Seconds spent drafting (draft forwards or n-gram search).
-        verify_time_s: Seconds spent in target forwards and acceptance.
+    ``drafted``/``accepted`` count draft tokens, ``emitted`` yielded tokens and
+    ``target_forwards`` target forwards after prefill (one per round); the times are
+    seconds spent drafting (forwards or n-gram search) and verifying.
     """
 
     drafted: int = 0
@@ -59,29 +53,12 @@ class SpecStats:
 
 
 def check_draft(tokenizer: Any, draft_tokenizer: Any) -> None:
-    """Refuse a draft whose tokenizer maps text to other ids than the main model's.
-
-    Raises:
-        ValueError: The two vocabularies differ.
-    """
+    """Raise ValueError unless the draft's tokenizer has the main model's vocab."""
     vocab, draft_vocab = tokenizer.get_vocab(), draft_tokenizer.get_vocab()
     if vocab != draft_vocab:
         raise ValueError(
             f"The draft model's vocabulary ({len(draft_vocab)} tokens) differs from "
             f"the main model's ({len(vocab)} tokens); use a draft of the same family."
-        )
-
-
-def check_same_vocab(model_vocab_size: int, draft_vocab_size: int) -> None:
-    """Refuse a draft model whose output layer has another width.
-
-    Raises:
-        ValueError: The sizes differ.
-    """
-    if model_vocab_size != draft_vocab_size:
-        raise ValueError(
-            f"The draft model has vocab size {draft_vocab_size}, the main model "
-            f"{model_vocab_size}; use a draft of the same family."
         )
 
 
@@ -99,7 +76,9 @@ class _Run:
     draft_len: int  # tokens the draft cache holds
     scale: Scale | None  # None is greedy
     processors: list[LogitsProcessor]
-    seed: int
+    seed: int  # the request's seed + the completion's index
+    stream: mx.Stream
+    prefill_step_size: int
     k: int
     k_max: int
     stats: SpecStats
@@ -179,32 +158,29 @@ def speculative_generate_step(
         draft_len=len(history) - 1,
         scale=_to_scale(params),
         processors=list(logits_processors or []),
-        seed=params.seed if params.seed is not None else secrets.randbits(63),
+        seed=(params.seed if params.seed is not None else secrets.randbits(63)) + index,
+        stream=stream,
+        prefill_step_size=prefill_step_size,
         k=num_draft_tokens,
         k_max=max(MAX_ADAPTIVE_DRAFT, num_draft_tokens) if adaptive else 0,
         stats=stats if stats is not None else SpecStats(),
     )
-    return _generate(run, prompt, stream, max_tokens, prefill_step_size, index)
+    return _generate(run, prompt, max_tokens)
 
 
 def _generate(
-    run: _Run,
-    prompt: mx.array,
-    stream: mx.Stream,
-    max_tokens: int,
-    prefill_step_size: int,
-    index: int,
+    run: _Run, prompt: mx.array, max_tokens: int
 ) -> Iterator[tuple[int, mx.array, bool]]:
-    end = len(run.tokens) + max_tokens
-    with mx.stream(stream):
-        run.key = mx.random.key((run.seed + index) % (1 << 64))
-        _prefill(run.model, run.cache, prompt.tolist()[:-1], prefill_step_size)
+    end, step = len(run.tokens) + max_tokens, run.prefill_step_size
+    with mx.stream(run.stream):
+        run.key = mx.random.key(run.seed % (1 << 64))
+        _prefill(run.model, run.cache, prompt.tolist()[:-1], step)
         if run.draft_model is not None:
             # The draft cache may hold any prefix of the history; keep all but the last.
             held = run.draft_cache[0].offset
             _trim(run.draft_cache, held - run.draft_len)
             rest = run.tokens[min(held, run.draft_len) : -1]
-            _prefill(run.draft_model, run.draft_cache, rest, prefill_step_size)
+            _prefill(run.draft_model, run.draft_cache, rest, step)
         try:
             while len(run.tokens) < end:
                 for token, logprobs, from_draft in _round(run, end - len(run.tokens)):
@@ -225,29 +201,20 @@ def _check_args(
     if (draft_model is None) == (not lookup):
         raise ValueError("Pass exactly one of draft_model and lookup=True.")
     if draft_model is not None:
-        sizes = [
-            getattr(getattr(m, "args", None), "vocab_size", None)
-            for m in (model, draft_model)
-        ]
-        if None not in sizes:
-            check_same_vocab(*sizes)
-        draft_cache = (
-            draft_cache if draft_cache is not None else _new_cache(draft_model)
-        )
+        size, draft_size = (m.args.vocab_size for m in (model, draft_model))
+        if size != draft_size:
+            raise ValueError(
+                f"The draft model has vocab size {draft_size}, the main model "
+                f"{size}; use a draft of the same family."
+            )
+        if draft_cache is None:  # as mlx_lm's make_prompt_cache (worker.py imports it)
+            make = getattr(draft_model, "make_cache", None)
+            draft_cache = make() if make else [KVCache() for _ in draft_model.layers]
     for cache in (prompt_cache, draft_cache or []):
         if not all(c.is_trimmable() for c in cache):
             kinds = sorted({type(c).__name__ for c in cache})
-            raise ValueError(
-                f"Speculative decoding needs trimmable KV caches (got {kinds})."
-            )
+            raise ValueError(f"Speculation needs trimmable KV caches (got {kinds}).")
     return draft_cache
-
-
-def _new_cache(model: nn.Module) -> list[Any]:
-    # mlx_lm's make_prompt_cache without a size limit; worker.py owns that import.
-    if hasattr(model, "make_cache"):
-        return model.make_cache()
-    return [KVCache() for _ in model.layers]
 
 
 def _to_scale(params: SamplingParams) -> Scale | None:
@@ -306,12 +273,9 @@ def _round(run: _Run, budget: int) -> list[tuple[int, mx.array, bool]]:
     middle = time.perf_counter()
     inputs = mx.array(run.tokens[run.target_len :] + drafts)
     logits = _forward(run.model, run.cache, inputs)[-len(drafts) - 1 :]
-    base = mx.array(run.tokens[run.seen_from :])
-    logprobs = _normalize(
-        logits,
-        lambda j: mx.concatenate([base, mx.array(drafts[:j], mx.int32)]),
-        run.processors,
-    )  # (k + 1, V)
+    seen = mx.array(run.tokens[run.seen_from :] + drafts)
+    size = len(run.tokens) - run.seen_from
+    logprobs = _normalize(logits, lambda j: seen[: size + j], run.processors)
     n, token = _accept(logprobs, drafts, q, run.scale, keys)
     _trim(run.cache, len(drafts) - n)
     run.target_len = len(run.tokens) + n
@@ -320,18 +284,18 @@ def _round(run: _Run, budget: int) -> list[tuple[int, mx.array, bool]]:
         kept = min(n, len(drafts) - 1)
         _trim(run.draft_cache, len(drafts) - 1 - kept)
         run.draft_len = len(run.tokens) + kept
-    _count(run, len(drafts), n, middle - start, time.perf_counter() - middle)
+    _count(run, len(drafts), n, (middle - start, time.perf_counter() - middle))
     accepted = [(d, logprobs[j], True) for j, d in enumerate(drafts[:n])]
     return [*accepted, (token, logprobs[n], False)]
 
 
-def _count(run: _Run, drafted: int, n: int, draft_s: float, verify_s: float) -> None:
-    stats = run.stats
-    stats.drafted += drafted
-    stats.accepted += n
-    stats.target_forwards += 1
-    stats.draft_time_s += draft_s
-    stats.verify_time_s += verify_s
+def _count(run: _Run, drafted: int, n: int, times: tuple[float, float]) -> None:
+    """Add a round to the stats and adapt k to its acceptance."""
+    run.stats.drafted += drafted
+    run.stats.accepted += n
+    run.stats.target_forwards += 1
+    run.stats.draft_time_s += times[0]
+    run.stats.verify_time_s += times[1]
     if run.k_max and drafted:
         if n == drafted:
             run.k = min(run.k + 1, run.k_max)
@@ -368,11 +332,7 @@ def _draft_with_model(
 
 def _lookup(tokens: list[int], k: int) -> list[int]:
     """The k tokens after the latest earlier match of the last n-gram, longest first."""
-    if k == 0:
-        return []
-    for n in LOOKUP_NGRAMS:
-        if len(tokens) <= n:
-            continue
+    for n in LOOKUP_NGRAMS if k else ():
         tail = tokens[-n:]
         for start in range(len(tokens) - n - 1, -1, -1):
             if tokens[start : start + n] == tail:

@@ -1,0 +1,188 @@
+"""`silica bench`: Silica against mlx-lm on the same loaded weights, in one process.
+
+Every case runs on the engine's worker thread (mlx-lm's loop included, with the
+worker's stream), after a warm-up, ``repeats`` times; tables report medians and the
+ratio of each case to mlx-lm's plain decoding.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import mlx.core as mx
+from mlx_lm.sample_utils import make_sampler
+
+from engine.decode import generate_step
+from engine.runtime import Model
+from engine.schema import SamplingParams
+
+SUMMARIZE_TEXT = (
+    "Lighthouses were once kept by families who lived beside the light. Every evening "
+    "the keeper climbed the tower, trimmed the wick, polished the lens and wound the "
+    "clockwork that turned it. In storms the keeper stayed awake all night, because a "
+    "light that failed could cost a ship. Today most lighthouses are automatic: "
+    "sensors switch the lamps on at dusk, and a technician visits a few times a year."
+)
+WORKLOADS = {
+    "code": [
+        {
+            "role": "user",
+            "content": "Write a Python function that merges two "
+            "sorted lists into one sorted list, with a docstring and an example.",
+        }
+    ],
+    "summarize": [
+        {
+            "role": "user",
+            "content": "Repeat this text exactly, then give a "
+            f"one-sentence summary.\n\n{SUMMARIZE_TEXT}",
+        }
+    ],
+    "chinese": [{"role": "user", "content": "请用中文简单介绍一下长城的历史。"}],
+}
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One run of one case: token counts and seconds."""
+
+    prompt_tokens: int
+    generated: int
+    ttft_s: float
+    decode_s: float
+    peak_gb: float
+
+    @property
+    def prompt_tps(self) -> float:
+        return self.prompt_tokens / max(self.ttft_s, 1e-9)
+
+    @property
+    def decode_tps(self) -> float:
+        return (self.generated - 1) / max(self.decode_s, 1e-9)
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    """Medians of ``repeats`` runs of one case on one workload."""
+
+    workload: str
+    case: str
+    prompt_tps: float
+    decode_tps: float
+    ttft_s: float
+    peak_gb: float
+    generated: int
+    decode_ratio: float = 1.0  # against mlx-lm plain on the same workload
+
+
+def mlx_lm_plain(model: Model, tokens: list[int], max_tokens: int) -> Measurement:
+    """mlx-lm's own loop (generate_step, greedy, with its detokenizer) on the worker."""
+
+    def run(models: dict) -> Measurement:
+        loaded = models[model.name]
+        detokenizer = loaded.tokenizer.detokenizer
+        detokenizer.reset()
+        mx.reset_peak_memory()
+        start = time.perf_counter()
+        first = None
+        stream = mx.new_stream(mx.default_device())
+        steps = generate_step(
+            mx.array(tokens),
+            loaded.model,
+            stream,
+            max_tokens=max_tokens,
+            sampler=make_sampler(0.0),
+        )
+        generated = 0
+        for token, _ in steps:
+            first = first or time.perf_counter()
+            if token in loaded.tokenizer.eos_token_ids:
+                break
+            detokenizer.add_token(token)
+            generated += 1
+        end = time.perf_counter()
+        return Measurement(
+            len(tokens),
+            generated,
+            first - start,
+            end - first,
+            mx.get_peak_memory() / 1e9,
+        )
+
+    return model._engine.worker.call(run).result()
+
+
+def silica_plain(model: Model, tokens: list[int], max_tokens: int) -> Measurement:
+    """Silica's public API end to end: queue, worker, decode loop, chunks."""
+    model._engine.worker.call(lambda models: mx.reset_peak_memory()).result()
+    params = SamplingParams(max_tokens=max_tokens, temperature=0)
+    stats = model.generate(tokens, params).stats[0]
+    if stats.cached_tokens:
+        raise ValueError(
+            "Benchmark on an Engine(prompt_cache_bytes=0): prefill was cached."
+        )
+    decode_s = (stats.completion_tokens - 1) / max(stats.decode_tps, 1e-9)
+    return Measurement(
+        stats.prompt_tokens,
+        stats.completion_tokens,
+        stats.ttft_s,
+        decode_s,
+        stats.peak_memory_gb,
+    )
+
+
+Case = Callable[[Model, list[int], int], Measurement]
+CASES: dict[str, Case] = {"mlx-lm plain": mlx_lm_plain, "silica plain": silica_plain}
+
+
+def run_bench(
+    model: Model, workloads: list[str], *, max_tokens: int = 128, repeats: int = 3
+) -> list[BenchRow]:
+    """Measure every case on every workload; one warm-up run each, then ``repeats``."""
+    rows = []
+    for workload in workloads:
+        tokens = model.encode(WORKLOADS[workload])
+        base = None
+        for name, case in CASES.items():
+            case(model, tokens, 8)  # warm-up: compile, caches, allocator
+            runs = [case(model, tokens, max_tokens) for _ in range(repeats)]
+            row = _median_row(workload, name, runs)
+            base = base or row
+            rows.append(_with_ratio(row, base))
+    return rows
+
+
+def _median_row(workload: str, case: str, runs: list[Measurement]) -> BenchRow:
+    return BenchRow(
+        workload,
+        case,
+        prompt_tps=statistics.median(r.prompt_tps for r in runs),
+        decode_tps=statistics.median(r.decode_tps for r in runs),
+        ttft_s=statistics.median(r.ttft_s for r in runs),
+        peak_gb=max(r.peak_gb for r in runs),
+        generated=int(statistics.median(r.generated for r in runs)),
+    )
+
+
+def _with_ratio(row: BenchRow, base: BenchRow) -> BenchRow:
+    ratio = row.decode_tps / max(base.decode_tps, 1e-9)
+    return BenchRow(**{**vars(row), "decode_ratio": ratio})
+
+
+def render(rows: list[BenchRow]) -> str:
+    """A Markdown table of the rows."""
+    lines = [
+        "| workload | case | prompt tok/s | decode tok/s | TTFT s | peak GB | tokens "
+        "| decode vs mlx-lm |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.workload} | {r.case} | {r.prompt_tps:.1f} | {r.decode_tps:.1f} "
+            f"| {r.ttft_s:.2f} | {r.peak_gb:.2f} | {r.generated} "
+            f"| {r.decode_ratio:.2f}x |"
+        )
+    return "\n".join(lines)
