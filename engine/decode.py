@@ -16,9 +16,18 @@ from mlx_lm.generate import generate_step
 
 from engine.sampling import PENALTY_CONTEXT, to_logits_processors, to_sampler
 from engine.schema import Chunk, ModelInfo, SamplingParams, Stats, TokenLogprob
+from engine.speculative import SpecStats, speculative_generate_step
 from engine.stops import StopMatcher
 
 PREFILL_STEP = 512  # prompt tokens per forward while prefilling
+
+
+@dataclass(frozen=True)
+class Speculation:
+    """Speculate with a draft model, or by prompt lookup when ``draft`` is None."""
+
+    draft: LoadedModel | None = None
+    num_draft_tokens: int = 4
 
 
 @dataclass
@@ -41,6 +50,7 @@ def decode(
     index: int = 0,
     stream: mx.Stream,
     produced: list[int],
+    speculation: Speculation | None = None,
     cancelled: Callable[[], bool] = lambda: False,
 ) -> Iterator[Chunk]:
     """Stream chunks of completion ``index`` for the prompt ``tokens``.
@@ -54,6 +64,7 @@ def decode(
         index: Which of the ``n`` completions this is (seeds differ per index).
         stream: The worker's MLX stream.
         produced: Receives every token the model sampled, EOS included.
+        speculation: Draft with a model or by prompt lookup; ``None`` decodes plainly.
         cancelled: Polled once per token; True ends the completion as "cancelled".
 
     Yields:
@@ -66,22 +77,25 @@ def decode(
     """
     start = time.perf_counter()
     max_tokens = min(params.max_tokens, loaded.info.context_length - len(tokens))
-    steps = generate_step(
-        mx.array(tokens[cached_tokens:]),
-        loaded.model,
+    spec = SpecStats() if speculation else None
+    steps = _steps(
+        loaded,
+        tokens,
+        params,
+        cache,
+        cached_tokens,
+        index,
         stream,
         max_tokens=max_tokens,
-        sampler=to_sampler(params, index=index),
-        logits_processors=_with_prefix(params, tokens[:cached_tokens]),
-        prompt_cache=cache,
-        prefill_step_size=PREFILL_STEP,
+        speculation=speculation,
+        spec=spec,
     )
     detokenizer = loaded.tokenizer.detokenizer
     detokenizer.reset()
     stops = StopMatcher(params.stop)
     eos = loaded.tokenizer.eos_token_ids
     finish, generated, first_at = "length", 0, None
-    for token, logprobs in steps:
+    for token, logprobs, *_ in steps:
         first_at = first_at or time.perf_counter()
         produced.append(token)
         if cancelled():
@@ -117,8 +131,55 @@ def decode(
         prefill_tps=(len(tokens) - cached_tokens) / max(first_at - start, 1e-9),
         decode_tps=(generated - 1) / (end - first_at) if generated > 1 else 0.0,
         peak_memory_gb=mx.get_peak_memory() / 1e9,
+        acceptance_rate=spec.acceptance_rate if spec else None,
+        tokens_per_forward=spec.tokens_per_forward if spec else None,
     )
     yield Chunk(tail, index=index, finish_reason=finish, stats=stats)
+
+
+def _steps(
+    loaded,
+    tokens,
+    params,
+    cache,
+    cached,
+    index,
+    stream,
+    *,
+    max_tokens,
+    speculation,
+    spec,
+):
+    """mlx-lm's generate_step, or exact speculative decoding with the same yields."""
+    processors = _with_prefix(params, tokens[:cached])
+    if speculation is None:
+        return generate_step(
+            mx.array(tokens[cached:]),
+            loaded.model,
+            stream,
+            max_tokens=max_tokens,
+            sampler=to_sampler(params, index=index),
+            logits_processors=processors,
+            prompt_cache=cache,
+            prefill_step_size=PREFILL_STEP,
+        )
+    draft = speculation.draft
+    return speculative_generate_step(
+        mx.array(tokens[cached:]),
+        loaded.model,
+        stream,
+        params=params,
+        index=index,
+        max_tokens=max_tokens,
+        history=tokens,
+        draft_model=draft.model if draft else None,
+        lookup=draft is None,
+        num_draft_tokens=speculation.num_draft_tokens,
+        logits_processors=processors,
+        prompt_cache=cache,
+        prefill_step_size=PREFILL_STEP,
+        stats=spec,
+    )
 
 
 def _with_prefix(params: SamplingParams, prefix: list[int]) -> list:

@@ -17,6 +17,7 @@ from mlx_lm.utils import get_total_parameters
 from convert import load_checked, model_dir
 from engine.decode import LoadedModel
 from engine.schema import Choice, Chunk, Completion, ModelInfo, SamplingParams, Usage
+from engine.speculative import check_draft
 from engine.worker import EngineDied, EngineWorker, GenerateRequest, Job
 
 Messages = Sequence[dict[str, Any]]
@@ -104,8 +105,11 @@ class Model:
 
     def stream(
         self,
-        prompt: str | Messages,
+        prompt: Prompt,
         params: SamplingParams | None = None,
+        *,
+        draft: Model | None = None,
+        speculation: str | None = None,
         **kwargs: Any,
     ) -> ChunkStream:
         """Stream chunks of text as they are generated.
@@ -114,6 +118,10 @@ class Model:
             prompt: A raw prompt, OpenAI-style messages for the chat template, or
                 token ids.
             params: Sampling parameters; keyword arguments build them instead.
+            draft: A smaller model with the same tokenizer, loaded on the same engine,
+                for exact speculative decoding (output distribution unchanged).
+            speculation: ``"lookup"`` drafts from n-gram matches in the prompt and
+                the text so far (no second model); ``None`` decodes plainly.
             **kwargs: Fields of ``SamplingParams`` (max_tokens, temperature, ...).
 
         Returns:
@@ -121,27 +129,45 @@ class Model:
             has ``finish_reason`` and ``stats``. Cancel it from any thread.
 
         Raises:
-            ValueError: Bad parameters, or a prompt that does not fit the context.
+            ValueError: Bad parameters, a prompt that does not fit the context, or a
+                draft whose vocabulary differs.
             EngineBusy: Too many requests are queued.
         """
         params = params or SamplingParams(**kwargs)
         tokens = self.encode(prompt)
         self._check_fits(tokens, params)
-        job = self._engine.worker.generate(
-            GenerateRequest(self.name, tuple(tokens), params)
+        request = GenerateRequest(
+            self.name, tuple(tokens), params, **self._speculation(draft, speculation)
         )
-        return ChunkStream(job, self._engine.worker)
+        return ChunkStream(self._engine.worker.generate(request), self._engine.worker)
+
+    def _speculation(self, draft: Model | None, speculation: str | None) -> dict:
+        if speculation not in (None, "lookup", "draft"):
+            raise ValueError(
+                f"speculation must be 'lookup' or 'draft', got {speculation!r}."
+            )
+        if draft is None:
+            if speculation == "draft":
+                raise ValueError("speculation='draft' needs draft=<a loaded Model>.")
+            return {"speculation": speculation}
+        if draft._engine is not self._engine:
+            raise ValueError("Load the draft model on the same Engine as the target.")
+        check_draft(self._tokenizer, draft._tokenizer)
+        return {"speculation": "draft", "draft_model": draft.name}
 
     def generate(
         self,
-        prompt: str | Messages,
+        prompt: Prompt,
         params: SamplingParams | None = None,
+        *,
+        draft: Model | None = None,
+        speculation: str | None = None,
         **kwargs: Any,
     ) -> Completion:
         """Generate whole completions (see ``stream`` for the arguments)."""
         params = params or SamplingParams(**kwargs)
         parts: dict[int, list[Chunk]] = {i: [] for i in range(params.n)}
-        for chunk in self.stream(prompt, params):
+        for chunk in self.stream(prompt, params, draft=draft, speculation=speculation):
             parts[chunk.index].append(chunk)
         return _completion(parts)
 

@@ -102,6 +102,8 @@ class Stats:
         prefill_tps: Prompt tokens computed per second (cached ones excluded).
         decode_tps: Generated tokens per second after the first.
         peak_memory_gb: Peak memory MLX used so far (GB).
+        acceptance_rate: Share of drafted tokens accepted (speculation only).
+        tokens_per_forward: Tokens emitted per target forward (speculation only).
     """
 
     prompt_tokens: int = 0
@@ -111,6 +113,8 @@ class Stats:
     prefill_tps: float = 0.0
     decode_tps: float = 0.0
     peak_memory_gb: float = 0.0
+    acceptance_rate: float | None = None
+    tokens_per_forward: float | None = None
 
 
 @dataclass(frozen=True)

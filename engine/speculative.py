@@ -273,7 +273,7 @@ def _round(run: _Run, budget: int) -> list[tuple[int, mx.array, bool]]:
     middle = time.perf_counter()
     inputs = mx.array(run.tokens[run.target_len :] + drafts)
     logits = _forward(run.model, run.cache, inputs)[-len(drafts) - 1 :]
-    seen = mx.array(run.tokens[run.seen_from :] + drafts)
+    seen = mx.array(run.tokens[run.seen_from :] + drafts if run.processors else [])
     size = len(run.tokens) - run.seen_from
     logprobs = _normalize(logits, lambda j: seen[: size + j], run.processors)
     n, token = _accept(logprobs, drafts, q, run.scale, keys)
@@ -309,7 +309,7 @@ def _draft_with_model(
     """Sample k tokens from the draft; return them and their distributions (k, V)."""
     if k == 0:
         return [], None
-    base = mx.array(run.tokens[run.seen_from :])
+    base = mx.array(run.tokens[run.seen_from :] if run.processors else [], mx.int32)
     inputs = mx.array(run.tokens[run.draft_len :])
     drafts: list[mx.array] = []
     qs: list[mx.array] = []

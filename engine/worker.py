@@ -17,7 +17,7 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.models.cache import LRUPromptCache, make_prompt_cache, trim_prompt_cache
 
-from engine.decode import LoadedModel, decode
+from engine.decode import LoadedModel, Speculation, decode
 from engine.schema import Chunk, SamplingParams
 
 DEFAULT_MAX_QUEUE = 64
@@ -40,6 +40,9 @@ class GenerateRequest:
     model: str
     tokens: tuple[int, ...]
     params: SamplingParams
+    speculation: str | None = None  # "draft" (with draft_model) or "lookup"
+    draft_model: str | None = None
+    num_draft_tokens: int = 4
 
 
 @dataclass
@@ -153,6 +156,10 @@ class EngineWorker(threading.Thread):
         if cached == len(tokens):  # the model needs one token to produce logits
             trim_prompt_cache(cache, 1)
             cached -= 1
+        speculation = None
+        if request.speculation:
+            draft = self._models[request.draft_model] if request.draft_model else None
+            speculation = Speculation(draft, request.num_draft_tokens)
         produced: list[int] = []
         for chunk in decode(
             loaded,
@@ -163,6 +170,7 @@ class EngineWorker(threading.Thread):
             index=index,
             stream=self._stream,
             produced=produced,
+            speculation=speculation,
             cancelled=job.cancel.is_set,
         ):
             job.out.put(chunk)

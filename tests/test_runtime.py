@@ -149,3 +149,29 @@ def test_worker_error_ends_only_that_request(engine, model):
 def test_empty_prompt_is_a_value_error(model):
     with pytest.raises(ValueError, match="empty"):
         model.generate("", GREEDY)
+
+
+def test_speculation_keeps_greedy_output_and_reports_acceptance(
+    engine, model, tiny_model_dir
+):
+    plain = model.generate(MESSAGES, GREEDY)
+    lookup = model.generate(MESSAGES, GREEDY, speculation="lookup")
+    assert lookup.choices[0].tokens == plain.choices[0].tokens
+    assert 0.0 <= lookup.stats[0].acceptance_rate <= 1.0
+    draft = engine.load(str(tiny_model_dir), name="tiny-draft")
+    drafted = model.generate(MESSAGES, GREEDY, draft=draft)
+    assert drafted.choices[0].tokens == plain.choices[0].tokens
+    assert drafted.stats[0].acceptance_rate == 1.0  # the same weights agree everywhere
+    assert drafted.stats[0].tokens_per_forward > 1.5
+    assert plain.stats[0].acceptance_rate is None
+
+
+def test_bad_speculation_requests_are_refused(model, tiny_model_dir):
+    with pytest.raises(ValueError, match="'lookup' or 'draft'"):
+        model.generate("x", GREEDY, speculation="auto-magic")
+    with pytest.raises(ValueError, match="needs draft"):
+        model.generate("x", GREEDY, speculation="draft")
+    with Engine() as other:
+        stranger = other.load(str(tiny_model_dir))
+        with pytest.raises(ValueError, match="same Engine"):
+            model.generate("x", GREEDY, draft=stranger)
