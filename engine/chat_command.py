@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, TextIO
 
-from engine.runtime import load
+from engine.runtime import Engine, load
 from engine.schema import DEFAULT_MAX_TOKENS, Chunk, SamplingParams, Stats
 
 Messages = Sequence[dict[str, Any]]
@@ -82,6 +82,16 @@ def add_generate_parser(subparsers: argparse._SubParsersAction) -> None:
         help="send the prompt as plain text, without the chat template",
     )
     add_sampling_flags(p)
+    p.add_argument(
+        "--draft",
+        metavar="M",
+        help="a smaller model with the same tokenizer for speculative decoding",
+    )
+    p.add_argument(
+        "--speculation",
+        choices=["lookup"],
+        help="draft from the prompt itself (n-gram lookup; no second model)",
+    )
     p.set_defaults(func=_run_generate)
 
 
@@ -160,11 +170,17 @@ def to_sampling_params(args: argparse.Namespace) -> SamplingParams:
 
 def render_stats(stats: Stats, finish_reason: str | None) -> str:
     """One line: prompt and cached tokens, speeds, peak memory, why it ended."""
+    spec = ""
+    if stats.acceptance_rate is not None:
+        spec = (
+            f"accepted {stats.acceptance_rate:.0%}, "
+            f"{stats.tokens_per_forward:.2f} tok/forward, "
+        )
     return (
         f"[prompt {stats.prompt_tokens} tok, cached {stats.cached_tokens}, "
         f"first token {stats.ttft_s:.2f} s, prefill {stats.prefill_tps:.1f} tok/s, "
         f"decode {stats.decode_tps:.1f} tok/s ({stats.completion_tokens} tok), "
-        f"peak {stats.peak_memory_gb:.2f} GB, {finish_reason}]"
+        f"{spec}peak {stats.peak_memory_gb:.2f} GB, {finish_reason}]"
     )
 
 
@@ -175,7 +191,11 @@ def _run_generate(args: argparse.Namespace) -> int:
     text = sys.stdin.read() if args.prompt == "-" else args.prompt
     if not text.strip():
         raise ValueError("The prompt is empty; pass --prompt TEXT or pipe it with -.")
-    model = load(args.model)
+    engine = Engine()
+    model = engine.load(args.model)
+    spec = {"speculation": args.speculation}
+    if args.draft:
+        spec = {"draft": engine.load(args.draft)}
     prompt: str | Messages = text
     if not args.raw:
         if model.info.has_chat_template:
@@ -185,7 +205,7 @@ def _run_generate(args: argparse.Namespace) -> int:
                 f"{args.model} has no chat template, so --system cannot be sent; "
                 "put the instructions in the prompt."
             )
-    return generate_to(model, prompt, params, out=sys.stdout, err=sys.stderr)
+    return generate_to(model, prompt, params, out=sys.stdout, err=sys.stderr, spec=spec)
 
 
 def generate_to(
@@ -195,8 +215,11 @@ def generate_to(
     *,
     out: TextIO,
     err: TextIO,
+    spec: dict | None = None,
 ) -> int:
     """Stream the answer to ``out`` chunk by chunk, then one stats line to ``err``.
+
+    ``spec`` holds ``Model.stream``'s speculation arguments (draft, speculation).
 
     Returns:
         0, or 1 when the engine reports an error.
@@ -204,7 +227,7 @@ def generate_to(
     Raises:
         KeyboardInterrupt: After cancelling the generation.
     """
-    stream = model.stream(prompt, params)
+    stream = model.stream(prompt, params, **(spec or {}))
     try:
         _, last = write_answer(stream, out)
     except KeyboardInterrupt:

@@ -70,6 +70,8 @@ class ApiRequest:
     chat: bool
     stream: bool = False
     include_usage: bool = False
+    speculation: str | None = None  # Silica extension: "lookup" or "draft"
+    draft_model: str | None = None  # Silica extension: a served model to draft with
 
 
 def _reject_constant(name: str) -> None:
@@ -106,7 +108,9 @@ def parse_chat(body: dict[str, Any]) -> ApiRequest:
         max_tokens = body.get("max_tokens")
     params = _sampling(body, max_tokens, logprobs=logprobs, top_logprobs=top or 0)
     messages = _messages(body.get("messages"))
-    return ApiRequest(_model_name(body), messages, params, True, *_streaming(body))
+    return ApiRequest(
+        _model_name(body), messages, params, True, *_streaming(body), *_spec(body)
+    )
 
 
 def parse_completion(body: dict[str, Any]) -> ApiRequest:
@@ -125,7 +129,9 @@ def parse_completion(body: dict[str, Any]) -> ApiRequest:
     params = _sampling(
         body, body.get("max_tokens"), logprobs=top is not None, top_logprobs=top or 0
     )
-    return ApiRequest(_model_name(body), prompt, params, False, *_streaming(body))
+    return ApiRequest(
+        _model_name(body), prompt, params, False, *_streaming(body), *_spec(body)
+    )
 
 
 def _model_name(body: dict[str, Any]) -> str:
@@ -144,6 +150,21 @@ def _model_name(body: dict[str, Any]) -> str:
             param="response_format",
         )
     return name
+
+
+def _spec(body: dict[str, Any]) -> tuple[str | None, str | None]:
+    """Silica's extension fields: ``speculation`` and ``draft_model``."""
+    speculation = _typed(body, "speculation", (str,), "'lookup' or 'draft'")
+    draft = _typed(body, "draft_model", (str,), "a served model name")
+    if speculation not in (None, "lookup", "draft"):
+        raise ApiError(
+            400, "speculation must be 'lookup' or 'draft'.", param="speculation"
+        )
+    if speculation == "draft" and not draft:
+        raise ApiError(
+            400, "speculation 'draft' needs draft_model.", param="draft_model"
+        )
+    return (speculation or ("draft" if draft else None)), draft
 
 
 def _streaming(body: dict[str, Any]) -> tuple[bool, bool]:

@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -210,7 +211,8 @@ def _add_generation_route(
     async def generate(request: Request) -> Response:
         api = parse(await _read_body(request, settings))
         model = _pick(models, api.model)
-        stream = await _start(model, api, settings)
+        draft = _pick(models, api.draft_model) if api.draft_model else None
+        stream = await _start(model, api, settings, draft)
         reply = Reply.new(api.model, chat=api.chat)
         if api.stream:
             return StreamingResponse(
@@ -226,11 +228,12 @@ def _add_generation_route(
 
 
 async def _start(
-    model: Model, api: ApiRequest, settings: ServerSettings
+    model: Model, api: ApiRequest, settings: ServerSettings, draft: Model | None
 ) -> ChunkStream:
     """Queue the generation; tokenizing runs off the event loop."""
+    start = partial(model.stream, draft=draft, speculation=api.speculation)
     try:
-        return await run_in_threadpool(model.stream, api.prompt, api.params)
+        return await run_in_threadpool(start, api.prompt, api.params)
     except EngineBusy as e:
         retry = {"Retry-After": str(settings.retry_after_s)}
         raise ApiError(

@@ -199,3 +199,23 @@ def test_help_explains_with_examples(capsys):
             parse([command, "--help"])
         out = capsys.readouterr().out
         assert "examples:" in out and "--temperature" in out and "--stop" in out
+
+
+@pytest.mark.parametrize("flags", [["--speculation", "lookup"], ["--draft", "SELF"]])
+def test_generate_with_speculation_prints_the_same_text(tiny_dir, capsys, flags):
+    greedy = [
+        "generate",
+        "--model",
+        tiny_dir,
+        "--prompt",
+        "hello",
+        *FAST,
+        "--temp",
+        "0",
+    ]
+    assert run(greedy) == 0
+    plain = capsys.readouterr().out
+    flags = [tiny_dir if f == "SELF" else f for f in flags]
+    assert run([*greedy, *flags]) == 0
+    out, err = capsys.readouterr()
+    assert out == plain and "accepted" in err

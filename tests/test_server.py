@@ -55,8 +55,10 @@ def model(engine, tiny_model_dir):
 
 
 @pytest.fixture(scope="module")
-def base(engine, model):
-    app = make_app(engine, {"tiny": model}, ServerSettings(max_body_bytes=BODY_LIMIT))
+def base(engine, model, tiny_model_dir):
+    draft = engine.load(str(tiny_model_dir), name="tiny-draft")
+    models = {"tiny": model, "tiny-draft": draft}
+    app = make_app(engine, models, ServerSettings(max_body_bytes=BODY_LIMIT))
     with serve(app) as url:
         yield url
 
@@ -79,11 +81,15 @@ def healthy(base):
 
 
 def test_models_and_health(base, client):
-    [info] = client.models.list().data
+    info, _ = client.models.list().data
     assert info.id == "tiny" and info.object == "model"
     assert info.model_extra["context_length"] == 256
     assert client.models.retrieve("tiny").id == "tiny"
-    assert healthy(base) == {"status": "ok", "models": ["tiny"], "queued": 0}
+    assert healthy(base) == {
+        "status": "ok",
+        "models": ["tiny", "tiny-draft"],
+        "queued": 0,
+    }
 
 
 def test_chat_matches_the_engine_and_stops_at_max_tokens(client, model):
@@ -273,7 +279,7 @@ def test_api_key_is_required_when_set(engine, model):
 class FailingModel:
     """Stands in for ``Model``: its generations fail after one piece of text."""
 
-    def stream(self, prompt, params):
+    def stream(self, prompt, params, *, draft=None, speculation=None):
         return FailingStream(
             [Chunk("a"), Chunk("", finish_reason="error", error="boom")]
         )
@@ -395,3 +401,27 @@ def test_real_model_answers_paris_over_streaming_chat():
             )
             text = "".join(e.choices[0].delta.content or "" for e in stream)
     assert "Paris" in text
+
+
+def test_speculation_fields_keep_greedy_text(base):
+    body = {"model": "tiny", "prompt": "The cat", "max_tokens": 12, "temperature": 0}
+    url = f"{base}/v1/completions"
+    plain = httpx.post(url, json=body).json()["choices"][0]["text"]
+    for extra in ({"speculation": "lookup"}, {"draft_model": "tiny-draft"}):
+        reply = httpx.post(url, json=body | extra).json()
+        assert reply["choices"][0]["text"] == plain, extra
+        assert reply["silica_stats"][0]["acceptance_rate"] is not None
+
+
+@pytest.mark.parametrize(
+    ("extra", "status"),
+    [
+        ({"speculation": "guess"}, 400),
+        ({"speculation": "draft"}, 400),
+        ({"draft_model": "nope"}, 404),
+    ],
+)
+def test_bad_speculation_fields(base, extra, status):
+    body = {"model": "tiny", "prompt": "The cat", "max_tokens": 4} | extra
+    response = httpx.post(f"{base}/v1/completions", json=body)
+    assert response.status_code == status and "error" in response.json()
