@@ -66,6 +66,11 @@ def add_convert_parser(subparsers: argparse._SubParsersAction) -> None:
         help="float dtype for weights, scales and biases "
         "(default: float16 on a GPU, float32 on the CPU backend)",
     )
+    p.add_argument(
+        "--dequantize",
+        action="store_true",
+        help="write float weights (with --dtype); fastest on MLX's CPU backend",
+    )
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.add_argument(
         "--allow-pickle",
@@ -100,6 +105,7 @@ def _run_convert(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         force=args.force,
         allow_pickle=args.allow_pickle,
+        dequantize=args.dequantize,
     )
     progress = not args.quiet
     if args.dry_run:

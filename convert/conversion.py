@@ -9,9 +9,9 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
-from mlx_lm.utils import dequantize_model
 
 from convert import from_gguf, from_hf
+from convert.from_hf import dequantize_model
 from convert.gguf_file import GGUFFile
 from convert.options import ConvertOptions, default_dtype
 from convert.quality import QualityReport, eval_tokens, evaluate

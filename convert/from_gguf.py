@@ -159,7 +159,7 @@ def plan_tensors(
 def _plan(
     t: GGUFTensor, target: str, options: ConvertOptions, group_size: int
 ) -> TensorPlan:
-    if len(t.shape) != 2 or not target.endswith(".weight"):
+    if options.dequantize or len(t.shape) != 2 or not target.endswith(".weight"):
         return TensorPlan(t, target, None, group_size, False)
     # Blocks MLX can hold as they are stay bit-exact, whatever --bits asks.
     if native := NATIVE_BITS.get(t.ggml_type):

@@ -12,7 +12,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map_with_path
 from mlx_lm.convert import mixed_quant_predicate_builder
-from mlx_lm.utils import MODEL_REMAPPING, load, quantize_model
+from mlx_lm.utils import MODEL_REMAPPING, dequantize_model, load, quantize_model
 
 from convert.errors import ModelFileError
 from convert.options import ConvertOptions
@@ -21,6 +21,7 @@ from convert.safetensors_check import check_safetensors_dir
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 COPIED_FILES = ("generation_config.json",)
 DEFAULT_GROUP_SIZE = 64
+QUANT_KEYS = ("quantization", "quantization_config")
 
 
 def read_config(src: Path) -> dict:
@@ -146,6 +147,9 @@ def prepare_model(model: nn.Module, config: dict, options: ConvertOptions) -> di
             return v.astype(dtype)
         return v
 
+    if options.dequantize:
+        dequantize_model(model)
+        config = {k: v for k, v in config.items() if k not in QUANT_KEYS}
     model.update(tree_map_with_path(cast, model.parameters()))
     config = dict(config, torch_dtype=options.dtype or str(dtype).split(".")[-1])
     if not options.quantizes:

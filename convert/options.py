@@ -27,6 +27,9 @@ class ConvertOptions:
             GPU and float32 on the CPU backend, where half-precision kernels are slow.
         force: Replace an existing output directory.
         allow_pickle: Accept pickle checkpoints (``*.bin``), which can run code on load.
+        dequantize: Write every weight as a float of ``dtype`` (GGUF blocks decoded,
+            MLX-quantized layers unpacked): on the CPU backend BLAS on float32 beats
+            MLX's quantized kernels.
     """
 
     bits: int | None = None
@@ -35,8 +38,11 @@ class ConvertOptions:
     dtype: str | None = None
     force: bool = False
     allow_pickle: bool = False
+    dequantize: bool = False
 
     def __post_init__(self) -> None:
+        if self.dequantize and self.quantizes:
+            raise ValueError("--dequantize writes float weights; drop --bits/--recipe.")
         if self.bits is not None and self.bits not in BITS:
             raise ValueError(f"--bits must be one of {BITS}, got {self.bits}.")
         if self.group_size is not None and self.group_size not in GROUP_SIZES:

@@ -199,3 +199,16 @@ def test_impossible_metadata_is_refused(tmp_path, value):
     rewrite_gguf(tmp_path / "full.gguf", src, llama__attention__head_count=value)
     with pytest.raises(ModelFileError, match="invalid.*num_attention_heads"):
         convert_model(str(src), tmp_path / "out", F32, progress=False)
+
+
+def test_dequantize_writes_float_weights_with_the_same_values(tmp_path):
+    src = tmp_path / "tiny.gguf"
+    values = write_tiny_gguf(src, "llama", matrix_type=T.Q4_1)
+    options = ConvertOptions(dtype="float32", dequantize=True)
+    out = convert_model(str(src), tmp_path / "f32", options, progress=False).path
+    assert "quantization" not in json.loads((out / "config.json").read_text())
+    with GGUFFile(src) as g:
+        expected = reference_logits(values, gguf_config(g))
+    np.testing.assert_allclose(converted_logits(out), expected, atol=2e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="--dequantize"):
+        ConvertOptions(bits=4, dequantize=True)

@@ -249,6 +249,11 @@ def test_mlx_lm_quantized_directory_converts_again(tmp_path, tiny_hf):
     got = mlx_logits(out.path, tiny_hf.tokens)
     np.testing.assert_allclose(got, reference, atol=1e-5)
     assert top1_agreement(got, tiny_hf.logits) >= 0.6
+    # --dequantize unpacks the same values into float32 layers
+    floats = ConvertOptions(dtype="float32", dequantize=True)
+    flat = convert_model(str(mlx_dir), tmp_path / "flat", floats, progress=False)
+    assert "quantization" not in json.loads((flat.path / "config.json").read_text())
+    np.testing.assert_allclose(mlx_logits(flat.path, tiny_hf.tokens), got, atol=1e-4)
 
 
 @pytest.mark.parametrize("options", [F32, ConvertOptions(bits=8, dtype="float32")])
