@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import mlx.core as mx
+from mlx_lm.generate import speculative_generate_step as mlx_lm_speculative_step
 from mlx_lm.sample_utils import make_sampler
 
 from engine.decode import generate_step
@@ -54,6 +55,7 @@ class Measurement:
     ttft_s: float
     decode_s: float
     peak_gb: float
+    acceptance: float | None = None  # drafted tokens accepted / drafted
 
     @property
     def prompt_tps(self) -> float:
@@ -75,34 +77,33 @@ class BenchRow:
     ttft_s: float
     peak_gb: float
     generated: int
+    acceptance: float | None = None
     decode_ratio: float = 1.0  # against mlx-lm plain on the same workload
 
 
-def mlx_lm_plain(model: Model, tokens: list[int], max_tokens: int) -> Measurement:
-    """mlx-lm's own loop (generate_step, greedy, with its detokenizer) on the worker."""
+def _mlx_lm_run(
+    model: Model, tokens: list[int], make_steps, k: int | None = None
+) -> Measurement:
+    """Time one of mlx-lm's loops (greedy, with its detokenizer) on the worker.
+
+    With ``k`` draft tokens per round, acceptance is drafts accepted / drafted:
+    every round ends with one token of the target's, so rounds = emitted - accepted.
+    """
 
     def run(models: dict) -> Measurement:
         loaded = models[model.name]
         detokenizer = loaded.tokenizer.detokenizer
         detokenizer.reset()
         mx.reset_peak_memory()
-        start = time.perf_counter()
-        first = None
         stream = mx.new_stream(mx.default_device())
-        steps = generate_step(
-            mx.array(tokens),
-            loaded.model,
-            stream,
-            max_tokens=max_tokens,
-            sampler=make_sampler(0.0),
-        )
-        generated = 0
-        for token, _ in steps:
+        start, first, generated, accepted = time.perf_counter(), None, 0, 0
+        for token, _, *from_draft in make_steps(models, stream):
             first = first or time.perf_counter()
             if token in loaded.tokenizer.eos_token_ids:
                 break
             detokenizer.add_token(token)
             generated += 1
+            accepted += bool(from_draft and from_draft[0])
         end = time.perf_counter()
         return Measurement(
             len(tokens),
@@ -110,16 +111,52 @@ def mlx_lm_plain(model: Model, tokens: list[int], max_tokens: int) -> Measuremen
             first - start,
             end - first,
             mx.get_peak_memory() / 1e9,
+            None if k is None else accepted / max((generated - accepted) * k, 1),
         )
 
     return model._engine.worker.call(run).result()
 
 
-def silica_plain(model: Model, tokens: list[int], max_tokens: int) -> Measurement:
+def mlx_lm_plain(model: Model, tokens: list[int], max_tokens: int, *_) -> Measurement:
+    """mlx-lm's generate_step."""
+    return _mlx_lm_run(
+        model,
+        tokens,
+        lambda models, stream: generate_step(
+            mx.array(tokens),
+            models[model.name].model,
+            stream,
+            max_tokens=max_tokens,
+            sampler=make_sampler(0.0),
+        ),
+    )
+
+
+def mlx_lm_speculative(
+    model: Model, tokens: list[int], max_tokens: int, draft: Model, k: int
+) -> Measurement:
+    """mlx-lm's speculative_generate_step with ``k`` draft tokens."""
+    return _mlx_lm_run(
+        model,
+        tokens,
+        lambda models, stream: mlx_lm_speculative_step(
+            mx.array(tokens),
+            models[model.name].model,
+            models[draft.name].model,
+            stream,
+            num_draft_tokens=k,
+            max_tokens=max_tokens,
+            sampler=make_sampler(0.0),
+        ),
+        k,
+    )
+
+
+def silica(model: Model, tokens: list[int], max_tokens: int, **spec) -> Measurement:
     """Silica's public API end to end: queue, worker, decode loop, chunks."""
     model._engine.worker.call(lambda models: mx.reset_peak_memory()).result()
     params = SamplingParams(max_tokens=max_tokens, temperature=0)
-    stats = model.generate(tokens, params).stats[0]
+    stats = model.generate(tokens, params, **spec).stats[0]
     if stats.cached_tokens:
         raise ValueError(
             "Benchmark on an Engine(prompt_cache_bytes=0): prefill was cached."
@@ -131,28 +168,71 @@ def silica_plain(model: Model, tokens: list[int], max_tokens: int) -> Measuremen
         stats.ttft_s,
         decode_s,
         stats.peak_memory_gb,
+        stats.acceptance_rate,
     )
 
 
 Case = Callable[[Model, list[int], int], Measurement]
-CASES: dict[str, Case] = {"mlx-lm plain": mlx_lm_plain, "silica plain": silica_plain}
+DRAFT_TOKENS = (
+    2,
+    3,
+    4,
+    6,
+)  # mlx-lm's speculative mode is run at each; the best is kept
+
+
+def cases(draft: Model | None) -> dict[str, Case]:
+    """The cases to run: plain and lookup always; draft-model ones given a draft."""
+    table: dict[str, Case] = {
+        "mlx-lm plain": mlx_lm_plain,
+        "silica plain": silica,
+        "silica lookup": lambda m, t, n: silica(m, t, n, speculation="lookup"),
+    }
+    if draft is not None:
+        for k in DRAFT_TOKENS:
+            table[f"mlx-lm draft k={k}"] = lambda m, t, n, k=k: mlx_lm_speculative(
+                m, t, n, draft, k
+            )
+        table["silica draft"] = lambda m, t, n: silica(m, t, n, draft=draft)
+    return table
 
 
 def run_bench(
-    model: Model, workloads: list[str], *, max_tokens: int = 128, repeats: int = 3
+    model: Model,
+    workloads: list[str],
+    *,
+    draft: Model | None = None,
+    max_tokens: int = 128,
+    repeats: int = 3,
 ) -> list[BenchRow]:
-    """Measure every case on every workload; one warm-up run each, then ``repeats``."""
+    """Measure every case on every workload; one warm-up run each, then ``repeats``.
+
+    Among mlx-lm's draft-model runs only the fastest ``k`` is kept, as its best.
+    """
     rows = []
     for workload in workloads:
         tokens = model.encode(WORKLOADS[workload])
-        base = None
-        for name, case in CASES.items():
+        measured = []
+        for name, case in cases(draft).items():
             case(model, tokens, 8)  # warm-up: compile, caches, allocator
             runs = [case(model, tokens, max_tokens) for _ in range(repeats)]
-            row = _median_row(workload, name, runs)
-            base = base or row
-            rows.append(_with_ratio(row, base))
+            measured.append(_median_row(workload, name, runs))
+        rows += _with_ratios(_best_mlx_lm_draft(measured))
     return rows
+
+
+def _best_mlx_lm_draft(rows: list[BenchRow]) -> list[BenchRow]:
+    drafts = [r for r in rows if r.case.startswith("mlx-lm draft")]
+    best = max(drafts, key=lambda r: r.decode_tps, default=None)
+    return [r for r in rows if r not in drafts or r is best]
+
+
+def _with_ratios(rows: list[BenchRow]) -> list[BenchRow]:
+    base = rows[0].decode_tps  # mlx-lm plain
+    return [
+        BenchRow(**{**vars(r), "decode_ratio": r.decode_tps / max(base, 1e-9)})
+        for r in rows
+    ]
 
 
 def _median_row(workload: str, case: str, runs: list[Measurement]) -> BenchRow:
@@ -164,25 +244,22 @@ def _median_row(workload: str, case: str, runs: list[Measurement]) -> BenchRow:
         ttft_s=statistics.median(r.ttft_s for r in runs),
         peak_gb=max(r.peak_gb for r in runs),
         generated=int(statistics.median(r.generated for r in runs)),
+        acceptance=runs[0].acceptance,
     )
-
-
-def _with_ratio(row: BenchRow, base: BenchRow) -> BenchRow:
-    ratio = row.decode_tps / max(base.decode_tps, 1e-9)
-    return BenchRow(**{**vars(row), "decode_ratio": ratio})
 
 
 def render(rows: list[BenchRow]) -> str:
     """A Markdown table of the rows."""
     lines = [
         "| workload | case | prompt tok/s | decode tok/s | TTFT s | peak GB | tokens "
-        "| decode vs mlx-lm |",
-        "|---|---|---|---|---|---|---|---|",
+        "| accepted | decode vs mlx-lm |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r.workload} | {r.case} | {r.prompt_tps:.1f} | {r.decode_tps:.1f} "
             f"| {r.ttft_s:.2f} | {r.peak_gb:.2f} | {r.generated} "
+            f"| {'-' if r.acceptance is None else f'{r.acceptance:.0%}'} "
             f"| {r.decode_ratio:.2f}x |"
         )
     return "\n".join(lines)

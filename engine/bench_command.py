@@ -10,12 +10,14 @@ from engine.runtime import Engine
 
 EPILOG = """\
 Every case runs in this process on the same loaded weights, greedy, after a warm-up;
-the table shows medians of --repeats runs and decode speed relative to mlx-lm.
+the table shows medians of --repeats runs and decode speed relative to mlx-lm's plain
+loop. Cases: mlx-lm plain, Silica plain, Silica prompt lookup, and with --draft
+mlx-lm's speculative mode (best of k=2,3,4,6) and Silica's exact draft-model mode.
 Timings on shared machines are noisy: compare ratios from one run.
 
 examples:
   silica bench --model smollm2-135m-instruct
-  silica bench --model qwen2.5-coder-1.5b-instruct --workload code --max-tokens 64
+  silica bench --model qwen2.5-coder-1.5b-instruct --draft qwen2.5-coder-0.5b-instruct
   silica bench --model smollm2-135m-instruct --markdown docs/bench-smollm2.md
 """
 
@@ -31,6 +33,11 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", required=True, help="catalog name, directory or .gguf")
+    p.add_argument(
+        "--draft",
+        metavar="M",
+        help="a draft model (same tokenizer) for the draft-model speculation cases",
+    )
     p.add_argument(
         "--workload",
         choices=sorted(WORKLOADS),
