@@ -114,7 +114,7 @@ def _mlx_lm_run(
             None if k is None else accepted / max((generated - accepted) * k, 1),
         )
 
-    return model._engine.worker.call(run).result()
+    return model.engine.worker.call(run).result()
 
 
 def mlx_lm_plain(model: Model, tokens: list[int], max_tokens: int, *_) -> Measurement:
@@ -154,7 +154,7 @@ def mlx_lm_speculative(
 
 def silica(model: Model, tokens: list[int], max_tokens: int, **spec) -> Measurement:
     """Silica's public API end to end: queue, worker, decode loop, chunks."""
-    model._engine.worker.call(lambda models: mx.reset_peak_memory()).result()
+    model.engine.worker.call(lambda models: mx.reset_peak_memory()).result()
     params = SamplingParams(max_tokens=max_tokens, temperature=0)
     stats = model.generate(tokens, params, **spec).stats[0]
     if stats.cached_tokens:

@@ -56,9 +56,11 @@ def run_bench_command(args: argparse.Namespace) -> int:
     # No prompt cache, so every run pays its own prefill like mlx-lm's does.
     with Engine(prompt_cache_bytes=0) as engine:
         model = engine.load(args.model)
+        draft = engine.load(args.draft) if args.draft else None
         rows = run_bench(
             model,
             args.workload or sorted(WORKLOADS),
+            draft=draft,
             max_tokens=args.max_tokens,
             repeats=args.repeats,
         )

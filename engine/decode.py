@@ -94,7 +94,7 @@ def decode(
     detokenizer.reset()
     stops = StopMatcher(params.stop)
     eos = loaded.tokenizer.eos_token_ids
-    finish, generated, first_at = "length", 0, None
+    finish, generated, first_at, matched = "length", 0, None, False
     for token, logprobs, *_ in steps:
         first_at = first_at or time.perf_counter()
         produced.append(token)
@@ -112,11 +112,11 @@ def decode(
         # stop prefix), so token ids and logprobs stay complete.
         yield Chunk(text, index=index, token=token, logprob=logprob)
         if stopped:
-            finish = "stop"
+            finish, matched = "stop", True
             break
     steps.close()
     tail = ""
-    if finish != "stop":
+    if not matched:  # release what the detokenizer and the stop matcher still hold
         detokenizer.finalize()
         # A token limit can cut a character in half; drop it rather than show U+FFFD.
         text, stopped = stops.push(detokenizer.last_segment.rstrip("\ufffd"))

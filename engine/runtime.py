@@ -69,6 +69,11 @@ class Model:
         self._tokenizer = tokenizer
         self._tokenizer_lock = threading.Lock()
 
+    @property
+    def engine(self) -> Engine:
+        """The engine whose worker holds this model."""
+        return self._engine
+
     def encode(self, prompt: Prompt) -> list[int]:
         """Token ids: messages go through the chat template; a string or ids do not.
 

@@ -36,9 +36,10 @@ def test_bench_command_writes_markdown(tiny_model_dir, tmp_path, capsys):
         main([*argv, "--max-tokens", "6", "--repeats", "1", "--markdown", str(out)])
         == 0
     )
-    assert (
-        "silica plain" in out.read_text() and "mlx-lm plain" in capsys.readouterr().out
-    )
+    table = out.read_text()
+    assert "silica draft" in table and "mlx-lm plain" in capsys.readouterr().out
+    assert table.count("mlx-lm draft k=") == 1  # only mlx-lm's best k is kept
+    assert "| 100% |" in table  # a model drafting for itself is always accepted
 
 
 @pytest.mark.parametrize("flags", [["--max-tokens", "1"], ["--repeats", "0"]])
