@@ -39,3 +39,18 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return convert_model(
         str(root / "tiny.gguf"), root / "mlx", options, progress=False
     ).path
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """An engine of the test module's own (its worker thread ends with the module)."""
+    from engine import Engine
+
+    with Engine() as engine:
+        yield engine
+
+
+@pytest.fixture(scope="module")
+def model(engine, tiny_model_dir):
+    """The tiny model, loaded as "tiny" on the module's engine."""
+    return engine.load(str(tiny_model_dir), name="tiny")

@@ -15,17 +15,6 @@ GREEDY = SamplingParams(max_tokens=24, temperature=0)
 MESSAGES = [{"role": "user", "content": "hello there"}]
 
 
-@pytest.fixture(scope="module")
-def engine():
-    with Engine() as engine:
-        yield engine
-
-
-@pytest.fixture(scope="module")
-def model(engine, tiny_model_dir):
-    return engine.load(str(tiny_model_dir), name="tiny")
-
-
 def test_info_describes_the_model(model):
     assert model.info.context_length == 256
     assert model.info.has_chat_template

@@ -44,17 +44,6 @@ def serve(app):
 
 
 @pytest.fixture(scope="module")
-def engine():
-    with Engine() as engine:
-        yield engine
-
-
-@pytest.fixture(scope="module")
-def model(engine, tiny_model_dir):
-    return engine.load(str(tiny_model_dir), name="tiny")
-
-
-@pytest.fixture(scope="module")
 def base(engine, model):
     app = make_app(engine, {"tiny": model}, ServerSettings(max_body_bytes=BODY_LIMIT))
     with serve(app) as url:
