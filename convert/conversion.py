@@ -236,7 +236,8 @@ def measure_quality(
 
     On the CPU backend the converted model is scored with its weights dequantized to
     float32: the same values the quantized kernels multiply by, through BLAS, which is
-    ~20x faster there than MLX's quantized CPU matmul for whole windows.
+    ~15x faster there than MLX's quantized CPU matmul for whole windows (SmolLM2
+    prefill, docs/BENCHMARKS.md).
     """
     converted, tokenizer, _ = from_hf.load_lazy(dst, ConvertOptions())
     if default_dtype() == "float32":

@@ -64,5 +64,5 @@ class ConvertOptions:
 
 
 def default_dtype() -> str:
-    """float16 where a GPU runs MLX; float32 on the CPU backend (~40x faster there)."""
+    """float16 where a GPU runs MLX; float32 on the CPU (fp16 scales: ~40x slower)."""
     return "float16" if mx.metal.is_available() or mx.cuda.is_available() else "float32"
