@@ -25,27 +25,44 @@ LogitsProcessor = Callable[[mx.array, mx.array], mx.array]  # (tokens, logits) -
 PENALTY_CONTEXT = 64  # recent tokens the penalties look at
 
 
+Scale = Callable[[mx.array], mx.array]  # logprobs -> logits the draw is made from
+
+
+def to_key(params: SamplingParams, index: int = 0) -> mx.array:
+    """The random key of completion ``index``: from the seed, or a fresh one."""
+    seed = params.seed if params.seed is not None else secrets.randbits(63)
+    return mx.random.key((seed + index) % (1 << 64))
+
+
+def to_scale(params: SamplingParams) -> Scale | None:
+    """top-p, min-p and top-k filters, then temperature; ``None`` when greedy."""
+    if params.temperature == 0:
+        return None
+    inverse_temperature = 1.0 / params.temperature
+
+    def scale(logprobs: mx.array) -> mx.array:
+        if params.top_p < 1.0:
+            logprobs = apply_top_p(logprobs, params.top_p)
+        if params.min_p > 0.0:
+            logprobs = apply_min_p(logprobs, params.min_p)
+        if params.top_k > 0:
+            logprobs = _top_k(logprobs, params.top_k)
+        return logprobs * inverse_temperature
+
+    return scale
+
+
 def to_sampler(params: SamplingParams, *, index: int = 0) -> Sampler:
     """A sampler for completion ``index`` of a request (seeded ones are repeatable)."""
-    if params.temperature == 0:
+    scale = to_scale(params)
+    if scale is None:
         return lambda logprobs: mx.argmax(logprobs, axis=-1)
-    seed = params.seed if params.seed is not None else secrets.randbits(63)
-    key = mx.random.key((seed + index) % (1 << 64))
-    vocab_filters = []
-    if params.top_p < 1.0:
-        vocab_filters.append(lambda x: apply_top_p(x, params.top_p))
-    if params.min_p > 0.0:
-        vocab_filters.append(lambda x: apply_min_p(x, params.min_p))
-    if params.top_k > 0:
-        vocab_filters.append(lambda x: _top_k(x, params.top_k))
-    inverse_temperature = 1.0 / params.temperature
+    key = to_key(params, index)
 
     def sample(logprobs: mx.array) -> mx.array:
         nonlocal key
         key, step_key = mx.random.split(key)
-        for keep in vocab_filters:
-            logprobs = keep(logprobs)
-        return mx.random.categorical(logprobs * inverse_temperature, key=step_key)
+        return mx.random.categorical(scale(logprobs), key=step_key)
 
     return sample
 

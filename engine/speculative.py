@@ -8,7 +8,6 @@ greedy output equals plain greedy output. Runs on the engine worker thread only.
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,15 +15,13 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.models.cache import KVCache
 
-from engine.sampling import LogitsProcessor, apply_min_p, apply_top_k, apply_top_p
+from engine.kv_cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
+from engine.sampling import LogitsProcessor, Scale, to_key, to_scale
 from engine.schema import SamplingParams
 
 MAX_ADAPTIVE_DRAFT = 8  # adaptive k grows to max(this, num_draft_tokens)
 LOOKUP_NGRAMS = (3, 2, 1)  # n-gram sizes prompt lookup tries, longest first
-
-Scale = Callable[[mx.array], mx.array]  # logprobs (n, V) -> logits to sample from
 
 
 @dataclass
@@ -76,13 +73,12 @@ class _Run:
     draft_len: int  # tokens the draft cache holds
     scale: Scale | None  # None is greedy
     processors: list[LogitsProcessor]
-    seed: int  # the request's seed + the completion's index
     stream: mx.Stream
     prefill_step_size: int
     k: int
     k_max: int
     stats: SpecStats
-    key: mx.array | None = None
+    key: mx.array  # split once per round; from the request's seed and index
 
     def split_keys(self, count: int) -> mx.array:
         self.key, round_key = mx.random.split(self.key)
@@ -156,14 +152,14 @@ def speculative_generate_step(
         seen_from=len(history) - len(prompt),
         target_len=len(history) - 1,
         draft_len=len(history) - 1,
-        scale=_to_scale(params),
+        scale=to_scale(params),
         processors=list(logits_processors or []),
-        seed=(params.seed if params.seed is not None else secrets.randbits(63)) + index,
         stream=stream,
         prefill_step_size=prefill_step_size,
         k=num_draft_tokens,
         k_max=max(MAX_ADAPTIVE_DRAFT, num_draft_tokens) if adaptive else 0,
         stats=stats if stats is not None else SpecStats(),
+        key=to_key(params, index),
     )
     return _generate(run, prompt, max_tokens)
 
@@ -173,7 +169,6 @@ def _generate(
 ) -> Iterator[tuple[int, mx.array, bool]]:
     end, step = len(run.tokens) + max_tokens, run.prefill_step_size
     with mx.stream(run.stream):
-        run.key = mx.random.key(run.seed % (1 << 64))
         _prefill(run.model, run.cache, prompt.tolist()[:-1], step)
         if run.draft_model is not None:
             # The draft cache may hold any prefix of the history; keep all but the last.
@@ -207,33 +202,13 @@ def _check_args(
                 f"The draft model has vocab size {draft_size}, the main model "
                 f"{size}; use a draft of the same family."
             )
-        if draft_cache is None:  # as mlx_lm's make_prompt_cache (worker.py imports it)
-            make = getattr(draft_model, "make_cache", None)
-            draft_cache = make() if make else [KVCache() for _ in draft_model.layers]
+        if draft_cache is None:
+            draft_cache = make_prompt_cache(draft_model)
     for cache in (prompt_cache, draft_cache or []):
-        if not all(c.is_trimmable() for c in cache):
+        if not can_trim_prompt_cache(cache):
             kinds = sorted({type(c).__name__ for c in cache})
             raise ValueError(f"Speculation needs trimmable KV caches (got {kinds}).")
     return draft_cache
-
-
-def _to_scale(params: SamplingParams) -> Scale | None:
-    """The filters and temperature of ``sampling.to_sampler``; None when greedy."""
-    if params.temperature == 0:
-        return None
-    inverse_temperature = 1.0 / params.temperature
-
-    def scale(logprobs: mx.array) -> mx.array:
-        vocab = logprobs.shape[-1]
-        if params.top_p < 1.0:
-            logprobs = apply_top_p(logprobs, params.top_p)
-        if params.min_p > 0.0:
-            logprobs = apply_min_p(logprobs, params.min_p)
-        if 0 < params.top_k < vocab:
-            logprobs = apply_top_k(logprobs, params.top_k)
-        return logprobs * inverse_temperature
-
-    return scale
 
 
 def _forward(model: nn.Module, cache: list[Any], tokens: mx.array) -> mx.array:
@@ -376,8 +351,7 @@ def _accept(
 
 def _trim(cache: list[Any], count: int) -> None:
     if count > 0:
-        for c in cache:
-            c.trim(count)
+        trim_prompt_cache(cache, count)
 
 
 def _sync(run: _Run) -> None:

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import mlx.core as mx
-from mlx_lm.models.cache import LRUPromptCache, make_prompt_cache, trim_prompt_cache
 
 from engine.decode import LoadedModel, Speculation, decode
+from engine.kv_cache import LRUPromptCache, make_prompt_cache, trim_prompt_cache
 from engine.schema import Chunk, SamplingParams
 
 DEFAULT_MAX_QUEUE = 64
