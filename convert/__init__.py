@@ -6,11 +6,18 @@ the package is internal.
 
 from __future__ import annotations
 
-from convert.catalog import CATALOG, DEFAULT_MODEL, CatalogError, pull
+from convert.catalog import (
+    CATALOG,
+    DEFAULT_MODEL,
+    CatalogError,
+    default_cache_dir,
+    model_path,
+    pull,
+)
 from convert.commands import add_convert_parser, add_models_parser, run_command
 from convert.conversion import ConversionResult, convert_model
 from convert.errors import ModelFileError
-from convert.model_dirs import load_checked, model_dir
+from convert.model_dirs import converted_dir, load_checked, model_dir
 from convert.options import ConvertOptions
 from convert.safetensors_check import check_safetensors_dir
 
@@ -25,8 +32,11 @@ __all__ = [
     "add_models_parser",
     "check_safetensors_dir",
     "convert_model",
+    "converted_dir",
+    "default_cache_dir",
     "load_checked",
     "model_dir",
+    "model_path",
     "pull",
     "run_command",
 ]

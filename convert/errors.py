@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+CORRUPT_FIX = "The file is truncated or corrupt; download or convert it again"
+
 
 class ModelFileError(ValueError):
     """A model file is missing, malformed, truncated or of an unsupported kind.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -10,11 +9,11 @@ from pathlib import Path
 
 import gguf
 import mlx.core as mx
-import mlx.nn as nn
 from mlx.utils import tree_flatten
 from transformers import PreTrainedTokenizerFast
 from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
 
+from convert.config_check import build_model, check_config
 from convert.errors import ModelFileError
 from convert.gguf_blocks import (
     GGUF_GROUP_SIZE,
@@ -27,6 +26,7 @@ from convert.gguf_blocks import (
     quantize,
 )
 from convert.gguf_file import CORRUPT_FIX, GGUFFile, GGUFTensor
+from convert.json_check import show
 from convert.options import ConvertOptions
 
 # GGUF architecture -> (mlx-lm model_type, HF architectures entry, q/k rows permuted).
@@ -86,8 +86,6 @@ def gguf_config(g: GGUFFile) -> dict:
         raise ModelFileError(
             g.path, f"metadata lacks {missing}", "The file is incomplete"
         )
-    if bad := [k for k in required if not _is_count(config[k])]:
-        raise ModelFileError(g.path, f"metadata has invalid {bad}", CORRUPT_FIX)
     if "token_embd.weight" not in g.tensors:
         raise ModelFileError(g.path, "has no token_embd.weight", CORRUPT_FIX)
     config.setdefault("num_key_value_heads", config["num_attention_heads"])
@@ -98,13 +96,8 @@ def gguf_config(g: GGUFFile) -> dict:
     for name in ("bos", "eos"):
         if (token_id := g.metadata.get(f"tokenizer.ggml.{name}_token_id")) is not None:
             config[f"{name}_token_id"] = token_id
+    check_config(g.path, config)
     return config
-
-
-def _is_count(value: object) -> bool:
-    return (
-        isinstance(value, int) and not isinstance(value, bool) and 0 < value < 1 << 24
-    )
 
 
 def _add_rope_scaling(g: GGUFFile, arch: str, config: dict) -> None:
@@ -115,14 +108,8 @@ def _add_rope_scaling(g: GGUFFile, arch: str, config: dict) -> None:
         raise ModelFileError(g.path, f"RoPE scaling {kind!r} is not supported yet")
     config["rope_scaling"] = {
         "type": "linear",
-        "factor": g.metadata[f"{arch}.rope.scaling.factor"],
+        "factor": g.metadata.get(f"{arch}.rope.scaling.factor"),
     }
-
-
-def build_model(config: dict) -> nn.Module:
-    """An mlx-lm model for ``config`` with uninitialised (lazy) weights."""
-    module = importlib.import_module(f"mlx_lm.models.{config['model_type']}")
-    return module.Model(module.ModelArgs.from_dict(config))
 
 
 def plan_tensors(
@@ -134,7 +121,7 @@ def plan_tensors(
         ModelFileError: A tensor the model needs is missing, or the file has extra ones.
     """
     try:
-        targets = [k for k, _ in tree_flatten(build_model(config).parameters())]
+        targets = dict(tree_flatten(build_model(config).parameters()))
     except (TypeError, ValueError, ZeroDivisionError) as e:
         raise ModelFileError(g.path, f"metadata describes no valid model ({e})") from e
     name_map = gguf.get_tensor_name_map(
@@ -142,10 +129,17 @@ def plan_tensors(
     )
     group_size = options.group_size or GGUF_GROUP_SIZE
     plans, used = [], set()
-    for target in targets:
+    for target, param in targets.items():
         source = name_map.get_name(target, try_suffixes=(".weight", ".bias"))
         if source not in g.tensors:
             raise ModelFileError(g.path, f"tensor {source!r} (for {target}) is missing")
+        if g.tensors[source].shape != tuple(param.shape):
+            raise ModelFileError(
+                g.path,
+                f"tensor {source!r} has shape {g.tensors[source].shape}; the model "
+                f"in its metadata needs {tuple(param.shape)}",
+                CORRUPT_FIX,
+            )
         used.add(source)
         plans.append(_plan(g.tensors[source], target, options, group_size))
     if extra := set(g.tensors) - used:
@@ -255,9 +249,13 @@ def save_gguf_tokenizer(src: Path) -> Callable[[Path], None]:
             tokenizer = PreTrainedTokenizerFast.from_pretrained(
                 str(src.parent), gguf_file=src.name
             )
-        except (KeyError, ValueError, TypeError) as e:
+        except MemoryError:
+            raise
+        except Exception as e:  # transformers' GGUF tokenizer raises many kinds
             raise ModelFileError(
-                src, f"its tokenizer metadata is incomplete ({type(e).__name__}: {e})"
+                src,
+                "its tokenizer metadata is incomplete or malformed "
+                f"({type(e).__name__}: {show(str(e), 300)})",
             ) from e
         tokenizer.save_pretrained(str(dst))
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import json
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,57 +10,20 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map_with_path
 from mlx_lm.convert import mixed_quant_predicate_builder
-from mlx_lm.utils import MODEL_REMAPPING, dequantize_model, load, quantize_model
+from mlx_lm.utils import dequantize_model, load, quantize_model
 
+from convert.config_check import read_config
 from convert.errors import ModelFileError
+from convert.json_check import show
+from convert.manifest import check_manifest
 from convert.options import ConvertOptions
 from convert.safetensors_check import check_safetensors_dir
+from convert.triage import PICKLE_FIX, PICKLE_SUFFIXES, check_model_dir, pickle_files
+from convert.weights_fit import check_weights_fit
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 COPIED_FILES = ("generation_config.json",)
 DEFAULT_GROUP_SIZE = 64
 QUANT_KEYS = ("quantization", "quantization_config")
-
-
-def read_config(src: Path) -> dict:
-    """Read ``config.json``: strict JSON, an object, a model type mlx-lm knows.
-
-    Raises:
-        ModelFileError: The file is missing, malformed or names an unknown architecture.
-    """
-    path = src / "config.json"
-    if not path.is_file():
-        raise ModelFileError(
-            src, "has no config.json", "Is it a Hugging Face model directory?"
-        )
-    try:
-        config = json.loads(
-            path.read_bytes().decode("utf-8"), parse_constant=_no_constant
-        )
-    except (UnicodeDecodeError, ValueError) as e:
-        raise ModelFileError(path, f"is not valid JSON ({e})") from e
-    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
-        raise ModelFileError(
-            path, 'has no "model_type" string', "The config is malformed"
-        )
-    model_type = MODEL_REMAPPING.get(config["model_type"], config["model_type"])
-    try:
-        importlib.import_module(f"mlx_lm.models.{model_type}")
-    except ImportError as e:
-        raise ModelFileError(
-            path,
-            f"architecture {config['model_type']!r} is unknown to mlx-lm",
-            "See mlx_lm/models for the supported ones",
-        ) from e
-    return config
-
-
-def _no_constant(name: str) -> None:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def pickle_files(src: Path) -> list[Path]:
-    return sorted(p for p in src.iterdir() if p.suffix in PICKLE_SUFFIXES)
 
 
 def unpickle_to_safetensors(src: Path, staging: Path) -> Path:
@@ -84,7 +45,17 @@ def unpickle_to_safetensors(src: Path, staging: Path) -> Path:
         if path.is_file() and path.suffix not in PICKLE_SUFFIXES:
             shutil.copy(path, staging / path.name)
     for i, path in enumerate(pickle_files(src)):
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # UnpicklingError, RuntimeError, EOFError, ...
+            raise ModelFileError(
+                path,
+                f"torch refused to unpickle it ({type(e).__name__}: "
+                f"{show(str(e), 200)})",
+                "It holds more than tensors, or is corrupt; nothing in it was run",
+            ) from e
+        if not isinstance(state, dict):
+            raise ModelFileError(path, "does not hold a dict of tensors")
         tensors = {
             k: v.contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)
         }
@@ -99,23 +70,44 @@ def load_lazy(
 
     Pickle checkpoints (only with ``options.allow_pickle``) are unpacked into
     ``scratch``, which must outlive the returned model.
+
+    Raises:
+        ModelFileError: A file fails triage, its format check or its manifest, or
+            mlx-lm cannot build the model the files describe (wrong names, shapes,
+            tokenizer files); the message names the directory and the problem.
     """
+    check_model_dir(src)
+    check_manifest(src)
     config = read_config(src)
     if not list(src.glob("*.safetensors")) and pickle_files(src):
         if not options.allow_pickle:
             raise ModelFileError(
                 src,
                 f"holds only pickle weights ({pickle_files(src)[0].name})",
-                "Pickle can run code when loaded; convert it to safetensors, or pass "
-                "--allow-pickle if you trust the source",
+                PICKLE_FIX,
             )
         if scratch is None:
             raise ValueError("Unpacking a pickle checkpoint needs a scratch directory.")
         src = unpickle_to_safetensors(src, scratch)
-    check_safetensors_dir(src)
-    return load(
-        str(src), lazy=True, return_config=True, model_config=legacy_rope_fields(config)
-    )
+    model_config = legacy_rope_fields(config)
+    headers = check_safetensors_dir(src)
+    check_weights_fit(src / "config.json", dict(config, **model_config), headers)
+    try:
+        return load(
+            str(src),
+            lazy=True,
+            return_config=True,
+            model_config=model_config,
+        )
+    except (ModelFileError, MemoryError):
+        raise
+    except Exception as e:  # mlx-lm and transformers raise many kinds on bad files
+        raise ModelFileError(
+            src,
+            f"does not load as a {config['model_type']} model "
+            f"({type(e).__name__}: {show(str(e), 300)})",
+            "Its weights, config.json and tokenizer files must belong together",
+        ) from e
 
 
 def legacy_rope_fields(config: dict) -> dict:

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from convert.errors import ModelFileError
+from convert.errors import CORRUPT_FIX, ModelFileError
+from convert.json_check import show
 
 GGUF_MAGIC = b"GGUF"
 GGUF_VERSIONS = (2, 3)
@@ -26,7 +27,10 @@ MAX_KEY_BYTES = 65_536
 MAX_STRING_BYTES = 64 << 20
 MAX_ARRAY_LENGTH = 1 << 26
 MAX_DIMS = 4  # GGML_MAX_DIMS
-MAX_DIM = 1 << 40
+MAX_DIM = 1 << 31  # MLX holds each dimension in an int32
+# The fewest bytes a tensor info (name length, one dimension, type, offset) and a
+# metadata entry (key length, type, a one-byte value) can take.
+MIN_TENSOR_INFO, MIN_KV = 8 + 4 + 8 + 4 + 8, 8 + 4 + 1
 
 # GGUF metadata value types: code -> struct format (None for string and array).
 SCALAR_FORMATS = {
@@ -43,7 +47,6 @@ SCALAR_FORMATS = {
     12: "<d",
 }
 STRING, ARRAY = 8, 9
-CORRUPT_FIX = "The file is truncated or corrupt; download or convert it again"
 
 
 @dataclass(frozen=True)
@@ -173,21 +176,45 @@ def _tensor(path: Path, info: tuple, data_start: int, alignment: int) -> GGUFTen
     )
 
 
-def _check_layout(path: Path, tensors: list[GGUFTensor], file_size: int) -> None:
-    end_prev, name_prev = 0, ""
-    for t in sorted(tensors, key=lambda t: t.offset):
-        if t.offset < end_prev:
-            raise ModelFileError(
-                path, f"tensors {name_prev!r} and {t.name!r} overlap", CORRUPT_FIX
-            )
+def _check_layout(
+    path: Path, tensors: list[GGUFTensor], file_size: int, data_start: int, align: int
+) -> None:
+    """Tensors must follow each other with only alignment padding between them.
+
+    llama.cpp and gguf-py pack tensor data this way; a gap (or trailing bytes) means
+    a tensor's type or shape was changed to one that holds fewer bytes, so part of
+    the data would be read as nothing.
+    """
+    for t in tensors:
         if t.offset + t.nbytes > file_size:
             raise ModelFileError(
                 path,
-                f"tensor {t.name!r} ends at byte {t.offset + t.nbytes}, "
+                f"tensor {show(t.name)} ends at byte {t.offset + t.nbytes}, "
                 f"past the end of the file ({file_size} bytes)",
                 CORRUPT_FIX,
             )
+    end_prev, name_prev = data_start, ""
+    for t in sorted(tensors, key=lambda t: t.offset):
+        if t.offset < end_prev:
+            raise ModelFileError(
+                path,
+                f"tensors {show(name_prev)} and {show(t.name)} overlap",
+                CORRUPT_FIX,
+            )
+        if t.offset >= end_prev + align:
+            raise ModelFileError(
+                path,
+                f"bytes {end_prev}..{t.offset} before tensor {show(t.name)} belong "
+                "to no tensor",
+                CORRUPT_FIX,
+            )
         end_prev, name_prev = t.offset + t.nbytes, t.name
+    if tensors and file_size >= end_prev + align:
+        raise ModelFileError(
+            path,
+            f"bytes {end_prev}..{file_size} after the last tensor belong to no tensor",
+            CORRUPT_FIX,
+        )
 
 
 class GGUFFile:
@@ -239,6 +266,13 @@ class GGUFFile:
                 f"claims {n_tensors} tensors and {n_kv} metadata keys",
                 CORRUPT_FIX,
             )
+        if 24 + n_tensors * MIN_TENSOR_INFO + n_kv * MIN_KV > size:
+            raise ModelFileError(
+                self.path,
+                f"claims {n_tensors} tensors and {n_kv} metadata keys, more than "
+                f"its {size} bytes can describe",
+                CORRUPT_FIX,
+            )
         metadata: dict[str, Any] = {}
         for i in range(n_kv):
             key = cur.string(MAX_KEY_BYTES, f"metadata key #{i}")
@@ -257,7 +291,7 @@ class GGUFFile:
         tensors = [_tensor(self.path, info, data_start, alignment) for info in infos]
         if len({t.name for t in tensors}) != len(tensors):
             raise ModelFileError(self.path, "two tensors share a name", CORRUPT_FIX)
-        _check_layout(self.path, tensors, size)
+        _check_layout(self.path, tensors, size, data_start, alignment)
         return metadata, {t.name: t for t in tensors}
 
     def raw(self, name: str) -> np.ndarray:

@@ -8,6 +8,7 @@ from pathlib import Path
 from convert import catalog
 from convert.conversion import convert_model
 from convert.from_hf import load_lazy
+from convert.manifest import MANIFEST
 from convert.options import ConvertOptions
 from convert.source import resolve_source
 
@@ -38,7 +39,7 @@ def model_dir(
     if source.kind == "hf":
         return source.path
     dst = converted_dir(name_or_path, cache_dir=cache_dir)
-    if not (dst / "silica-manifest.json").exists():
+    if not (dst / MANIFEST).exists():  # complete: written last, before the rename
         convert_model(
             str(source.path), dst, ConvertOptions(force=True), progress=progress
         )
@@ -46,5 +47,12 @@ def model_dir(
 
 
 def load_checked(path: Path) -> tuple:
-    """Check a model directory's files, then load ``(model, tokenizer, config)``."""
+    """Check a model directory's files, then load ``(model, tokenizer, config)``.
+
+    Every check of docs/FILES.md runs first, in pure Python; pickle weights are
+    refused (there is no ``allow_pickle`` here).
+
+    Raises:
+        ModelFileError: A file is hostile, malformed or does not fit the others.
+    """
     return load_lazy(Path(path), ConvertOptions())

@@ -8,7 +8,6 @@ the reference library (huggingface/safetensors); where it is lax we are stricter
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import struct
@@ -18,7 +17,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from convert.errors import ModelFileError
+from convert.errors import CORRUPT_FIX, ModelFileError
+from convert.json_check import parse_json, show
+from convert.triage import PICKLE_SUFFIXES
 
 # Bits per element, as the reference library's Dtype::bitsize(). F6_* are left out:
 # safetensors 0.8.0's Python binding does not understand them.
@@ -27,14 +28,16 @@ DTYPE_BITS = MappingProxyType(
     | {"I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32}
     | {"C64": 64, "F64": 64, "I64": 64, "U64": 64}
 )
+# What mlx 0.32.4's mx.load reads (F8_* as raw uint8); it raises on the rest.
+MLX_DTYPES = frozenset(DTYPE_BITS) - {"F4", "F8_E5M2", "F64"}
 MAX_HEADER_BYTES = 100_000_000  # the reference library's MAX_HEADER_SIZE
 MAX_TENSORS = 1_000_000
 MAX_DIMS = 8
-MAX_DIM = 1 << 40
+# MLX holds each dimension in an int32: mlx 0.32.4's mx.load silently reads a
+# [2**31, 0] tensor as shape (-2147483648, 0).
+MAX_DIM = 1 << 31
 ENTRY_KEYS = frozenset({"dtype", "shape", "data_offsets"})
 INDEX_NAME = "model.safetensors.index.json"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
-CORRUPT_FIX = "The file is truncated or corrupt; download or convert it again"
 INDEX_FIX = "The index does not match the shards; download or convert the model again"
 
 
@@ -91,7 +94,7 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
         if 8 + n > size:
             raise _corrupt(path, f"header length {n} runs past the {size}-byte file")
         raw = f.read(n)
-    header = _parse_json(path, raw, what="header")
+    header = parse_json(path, raw, what="header")
     if not isinstance(header, dict):
         raise _corrupt(path, f"header is a JSON {type(header).__name__}, not an object")
     metadata = header.pop("__metadata__", {})
@@ -116,13 +119,14 @@ def check_safetensors_dir(path: str | os.PathLike[str]) -> list[SafetensorsHeade
 
     Raises:
         ModelFileError: The directory holds no ``*.safetensors`` file, a file fails
-            ``read_safetensors_header``, or ``model.safetensors.index.json`` is
+            ``read_safetensors_header``, holds a dtype MLX cannot load, two files
+            hold a tensor of the same name, or ``model.safetensors.index.json`` is
             malformed, names a missing shard, or disagrees with a shard's tensors.
     """
     path = Path(path)
     if not path.is_dir():
         raise ModelFileError(path, "not a directory", "Pass a model directory")
-    files = sorted(p for p in path.glob("*.safetensors") if p.is_file())
+    files = sorted(path.glob("*.safetensors"))  # each must be a regular file
     if not files:
         pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
         fix = "Download or convert the model's weights into this directory"
@@ -133,47 +137,22 @@ def check_safetensors_dir(path: str | os.PathLike[str]) -> list[SafetensorsHeade
             )
         raise ModelFileError(path, "no weights found (no *.safetensors files)", fix)
     headers = [read_safetensors_header(p) for p in files]
+    for header in headers:
+        if odd := [t for t in header.tensors.values() if t.dtype not in MLX_DTYPES]:
+            raise ModelFileError(
+                header.path,
+                f"tensor {show(odd[0].name)} is {odd[0].dtype}, which MLX cannot load",
+                "Convert the weights to float32, float16 or bfloat16",
+            )
+    _check_unique_names(headers)
     index = path / INDEX_NAME
     if index.exists():
         _check_index(index, {h.path.name: h for h in headers})
     return headers
 
 
-def _parse_json(path: Path, raw: bytes, *, what: str) -> Any:
-    """Decode strict UTF-8 JSON: no NaN/Infinity, no duplicate keys."""
-    try:
-        return json.loads(
-            raw.decode("utf-8"),
-            parse_constant=_reject_constant,
-            object_pairs_hook=_unique_keys,
-        )
-    except UnicodeDecodeError as e:
-        raise _corrupt(path, f"{what} is not valid UTF-8 (byte {e.start})") from e
-    except (ValueError, RecursionError) as e:
-        raise _corrupt(path, f"{what} is not valid JSON ({e})") from e
-
-
 def _corrupt(path: Path, problem: str) -> ModelFileError:
     return ModelFileError(path, problem, CORRUPT_FIX)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed")
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise ValueError(f"duplicate key {_show(key)}")
-        obj[key] = value
-    return obj
-
-
-def _show(value: Any, limit: int = 80) -> str:
-    """repr() cut to ``limit`` characters: hostile names and shapes can be huge."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _is_str_map(value: Any) -> bool:
@@ -187,24 +166,24 @@ def _is_count(value: Any, limit: float = math.inf) -> bool:
 
 def _to_entry(path: Path, name: str, value: Any, data_size: int) -> TensorEntry:
     def fail(problem: str) -> ModelFileError:
-        return _corrupt(path, f"tensor {_show(name)}: {problem}")
+        return _corrupt(path, f"tensor {show(name)}: {problem}")
 
     if not isinstance(value, dict) or value.keys() != ENTRY_KEYS:
         raise fail("entry is not an object with exactly dtype, shape and data_offsets")
     dtype, shape, offsets = value["dtype"], value["shape"], value["data_offsets"]
     if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
-        raise fail(f"unknown dtype {_show(dtype)}")
+        raise fail(f"unknown dtype {show(dtype)}")
     if not isinstance(shape, list) or len(shape) > MAX_DIMS:
-        raise fail(f"shape {_show(shape)} is not a list of up to {MAX_DIMS} numbers")
+        raise fail(f"shape {show(shape)} is not a list of up to {MAX_DIMS} numbers")
     if not all(_is_count(d, MAX_DIM) for d in shape):
-        raise fail(f"shape {_show(shape)} has a dimension not an integer in [0, 2**40)")
+        raise fail(f"shape {show(shape)} has a dimension not an integer in [0, 2**31)")
     pair = isinstance(offsets, list) and len(offsets) == 2
     start, end = offsets if pair else (-1, -1)
     if not (_is_count(start) and _is_count(end) and start <= end):
-        raise fail(f"data_offsets {_show(offsets)} are not [start, end], start <= end")
+        raise fail(f"data_offsets {show(offsets)} are not [start, end], start <= end")
     bits = math.prod(shape) * DTYPE_BITS[dtype]  # Python ints: no overflow
     if bits % 8 or bits // 8 != end - start:
-        raise fail(f"{dtype} {_show(shape)} is {bits / 8:g} bytes, not {end - start}")
+        raise fail(f"{dtype} {show(shape)} is {bits / 8:g} bytes, not {end - start}")
     if end > data_size:
         raise fail(f"ends at byte {end}, past the {data_size}-byte data (truncated)")
     return TensorEntry(name, dtype, tuple(shape), start, end)
@@ -219,7 +198,7 @@ def _check_layout(path: Path, tensors: Iterable[TensorEntry], data_size: int) ->
     cursor, previous = 0, None
     for t in sorted(tensors, key=lambda t: (t.start, t.end)):
         if t.start < cursor:
-            raise _corrupt(path, f"tensor {_show(t.name)} overlaps {_show(previous)}")
+            raise _corrupt(path, f"tensor {show(t.name)} overlaps {show(previous)}")
         if t.start > cursor:
             raise _corrupt(path, f"a hole at bytes {cursor}..{t.start} of the data")
         cursor, previous = t.end, t.name
@@ -227,12 +206,25 @@ def _check_layout(path: Path, tensors: Iterable[TensorEntry], data_size: int) ->
         raise _corrupt(path, f"a hole at bytes {cursor}..{data_size} after the tensors")
 
 
+def _check_unique_names(headers: list[SafetensorsHeader]) -> None:
+    """A tensor in two shards would load as whichever shard the glob lists last."""
+    owner: dict[str, Path] = {}
+    for header in headers:
+        for name in header.tensors:
+            if (first := owner.setdefault(name, header.path)) != header.path:
+                raise ModelFileError(
+                    header.path,
+                    f"tensor {show(name)} is also in {first.name}",
+                    INDEX_FIX,
+                )
+
+
 def _check_index(index: Path, headers: dict[str, SafetensorsHeader]) -> None:
     """weight_map must name present shards and list exactly the tensors of each."""
     fail = functools.partial(ModelFileError, index, fix=INDEX_FIX)
     if index.stat().st_size > MAX_HEADER_BYTES:
         raise fail(f"index is over {MAX_HEADER_BYTES} bytes")
-    doc = _parse_json(index, index.read_bytes(), what="index")
+    doc = parse_json(index, index.read_bytes(), what="index")
     weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
     if not _is_str_map(weight_map):
         raise fail("weight_map is missing or not an object of tensor -> file name")
@@ -243,10 +235,8 @@ def _check_index(index: Path, headers: dict[str, SafetensorsHeader]) -> None:
         # Only bare names of files found in the directory match, so "../x" never does.
         header = headers.get(shard)
         if header is None:
-            raise fail(f"weight_map names {_show(shard)}, not in the directory")
+            raise fail(f"weight_map names {show(shard)}, not in the directory")
         if missing := sorted(names - header.tensors.keys()):
-            raise fail(
-                f"{_show(shard)} lacks {_show(missing[0])}, listed in weight_map"
-            )
+            raise fail(f"{show(shard)} lacks {show(missing[0])}, listed in weight_map")
         if extra := sorted(header.tensors.keys() - names):
-            raise fail(f"{_show(shard)} holds {_show(extra[0])}, not in weight_map")
+            raise fail(f"{show(shard)} holds {show(extra[0])}, not in weight_map")

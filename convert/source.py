@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from convert import catalog
-from convert.errors import ModelFileError
-from convert.from_hf import PICKLE_SUFFIXES
+from convert.triage import check_gguf_source, check_model_dir
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "tokenizer*"]
@@ -39,7 +38,8 @@ def resolve_source(
     registry into the cache; ``org/name`` is fetched from the Hugging Face Hub.
 
     Raises:
-        ModelFileError: The path is of a kind Silica does not convert.
+        ModelFileError: The path is of a kind Silica does not convert, or fails
+            ``triage`` (a pickle, a FIFO, a link out of its model directory).
         ValueError: ``spec`` is neither a path, a catalog name nor a repo id.
         ConnectionError: The Hub could not be reached for a repo id.
     """
@@ -60,23 +60,12 @@ def resolve_source(
 
 def _local(path: Path, spec: str) -> Source:
     if path.is_dir():
+        check_model_dir(path)
         ggufs = sorted(path.glob("*.gguf"))
         if not (path / "config.json").exists() and len(ggufs) == 1:
-            return Source("gguf", ggufs[0], spec)
+            return Source("gguf", check_gguf_source(ggufs[0]), spec)
         return Source("hf", path, spec)
-    if path.suffix in PICKLE_SUFFIXES:
-        raise ModelFileError(
-            path,
-            "is a pickle checkpoint",
-            "Give the directory that holds it, with config.json, and --allow-pickle "
-            "if you trust it; or convert it to safetensors",
-        )
-    with open(path, "rb") as f:
-        if f.read(4) != b"GGUF":
-            raise ModelFileError(
-                path, "is not a GGUF file", "Give a .gguf file or a model directory"
-            )
-    return Source("gguf", path, spec)
+    return Source("gguf", check_gguf_source(path), spec)
 
 
 def _from_hub(repo_id: str) -> Path:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,9 +21,11 @@ import mlx.core as mx
 from mlx_lm.utils import load_model, save_config
 from tqdm import tqdm
 
+from convert.manifest import MANIFEST, STAGING_MARK, fsync_path, write_manifest
+
+__all__ = ["MANIFEST", "STAGING_MARK", "check_destination", "write_model"]
+
 MAX_SHARD_BYTES = 5 << 30  # mlx-lm's shard size
-MANIFEST = "silica-manifest.json"
-STAGING_MARK = ".silica-tmp-"
 STALE_AFTER_S = 3600.0
 DISK_MARGIN = 1.05
 
@@ -40,7 +43,9 @@ def check_destination(dst: Path, *, force: bool, needed_bytes: int) -> None:
         raise FileExistsError(
             f"{dst} already exists; choose another -o or pass --force."
         )
-    parent = dst.parent if dst.parent.exists() else Path.cwd()
+    parent = dst.absolute().parent
+    while not parent.exists():  # the filesystem that will hold the new directories
+        parent = parent.parent
     free = shutil.disk_usage(parent).free
     if free < needed_bytes * DISK_MARGIN:
         raise OSError(
@@ -82,16 +87,16 @@ def write_model(
     """
     dst.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(dst.parent)
-    staging = Path(
-        tempfile.mkdtemp(prefix=f".{dst.name}{STAGING_MARK}", dir=dst.parent)
-    )
+    # Not mkdtemp: its 0700 mode would become the model directory's, once renamed.
+    staging = dst.parent / f"{_staging_prefix(dst)}{secrets.token_hex(4)}"
+    staging.mkdir()
     try:
         _write_shards(staging, weights, total=total, progress=progress)
         save_config(dict(config), staging / "config.json")
         save_tokenizer(staging)
         # Loading lazily checks names and shapes against mlx-lm's model class.
         load_model(staging, lazy=True, strict=True)
-        _write_manifest(staging, manifest or {})
+        write_manifest(staging, manifest or {})
         _replace(staging, dst, force=force)
     finally:
         if staging.exists():
@@ -145,35 +150,6 @@ def _name_shards(staging: Path, files: list[str], weight_map: dict[str, str]) ->
     (staging / "model.safetensors.index.json").write_text(json.dumps(index, indent=4))
 
 
-def sha256_file(path: Path) -> str:
-    """The hex sha256 of a file, read in 4 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(4 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _write_manifest(staging: Path, extra: dict) -> None:
-    """List every file with size and sha256, fsync them, and write the manifest last."""
-    files = {}
-    for path in sorted(staging.iterdir()):
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
-        files[path.name] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
-    manifest = {
-        "format": "silica-mlx-1",
-        "created": time.time(),
-        **extra,
-        "files": files,
-    }
-    path = staging / MANIFEST
-    with open(path, "w") as f:
-        json.dump(manifest, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _replace(staging: Path, dst: Path, *, force: bool) -> None:
     old = None
     if dst.exists():
@@ -181,16 +157,42 @@ def _replace(staging: Path, dst: Path, *, force: bool) -> None:
             raise FileExistsError(
                 f"{dst} appeared during the conversion; nothing was replaced."
             )
-        old = dst.with_name(f".{dst.name}{STAGING_MARK}old-{os.getpid()}")
+        old = dst.with_name(f"{_staging_prefix(dst)}old")
         os.replace(dst, old)
     os.replace(staging, dst)
-    dir_fd = os.open(dst.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_path(dst.parent)
     if old is not None:
         shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _staging_prefix(dst: Path) -> str:
+    """``.<name>.silica-tmp-<host>-<pid>-``: who is writing, for ``is_stale``."""
+    return f".{dst.name}{STAGING_MARK}{_host_tag()}-{os.getpid()}-"
+
+
+def is_stale(path: Path, *, older_than_s: float = STALE_AFTER_S) -> bool:
+    """Was staging directory ``path`` left by a conversion that no longer runs?
+
+    It is when the process named in it is gone from this host, or, for one written
+    by another host (or an older Silica), when it is older than ``older_than_s``.
+    """
+    if time.time() - path.lstat().st_mtime > older_than_s:
+        return True
+    host, _, rest = path.name.partition(STAGING_MARK)[2].partition("-")
+    pid = rest.partition("-")[0]
+    if host != _host_tag() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, but another user's
+        return False
+    return False
 
 
 def remove_stale_staging(
@@ -198,9 +200,12 @@ def remove_stale_staging(
 ) -> list[Path]:
     """Delete staging directories that a killed conversion left in ``parent``."""
     removed = []
-    now = time.time()
-    for path in parent.glob(f".*{STAGING_MARK}*"):
-        if path.is_dir() and now - path.stat().st_mtime > older_than_s:
+    for path in sorted(parent.glob(f".*{STAGING_MARK}*")):
+        if (
+            path.is_dir()
+            and not path.is_symlink()
+            and is_stale(path, older_than_s=older_than_s)
+        ):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed

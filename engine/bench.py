@@ -194,6 +194,9 @@ def cases(draft: Model | None) -> dict[str, Case]:
                 m, t, n, draft, k
             )
         table["silica draft"] = lambda m, t, n: silica(m, t, n, draft=draft)
+    table["silica auto"] = lambda m, t, n: silica(
+        m, t, n, speculation="auto", draft=draft
+    )
     return table
 
 
@@ -207,16 +210,21 @@ def run_bench(
 ) -> list[BenchRow]:
     """Measure every case on every workload; one warm-up run each, then ``repeats``.
 
-    Among mlx-lm's draft-model runs only the fastest ``k`` is kept, as its best.
+    Repeats go round the cases in turn, so a slow spell of a shared machine hits
+    every case alike. Among mlx-lm's draft-model runs only the fastest ``k`` is
+    kept, as its best.
     """
     rows = []
+    table = cases(draft)
     for workload in workloads:
         tokens = model.encode(WORKLOADS[workload])
-        measured = []
-        for name, case in cases(draft).items():
+        for case in table.values():
             case(model, tokens, 8)  # warm-up: compile, caches, allocator
-            runs = [case(model, tokens, max_tokens) for _ in range(repeats)]
-            measured.append(_median_row(workload, name, runs))
+        runs: dict[str, list[Measurement]] = {name: [] for name in table}
+        for _ in range(repeats):
+            for name, case in table.items():
+                runs[name].append(case(model, tokens, max_tokens))
+        measured = [_median_row(workload, name, r) for name, r in runs.items()]
         rows += _with_ratios(_best_mlx_lm_draft(measured))
     return rows
 

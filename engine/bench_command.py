@@ -11,8 +11,9 @@ from engine.runtime import Engine
 EPILOG = """\
 Every case runs in this process on the same loaded weights, greedy, after a warm-up;
 the table shows medians of --repeats runs and decode speed relative to mlx-lm's plain
-loop. Cases: mlx-lm plain, Silica plain, Silica prompt lookup, and with --draft
-mlx-lm's speculative mode (best of k=2,3,4,6) and Silica's exact draft-model mode.
+loop. Cases: mlx-lm plain, Silica plain, Silica prompt lookup, Silica auto (lookup,
+plus the draft model when given), and with --draft mlx-lm's speculative mode (best
+of k=2,3,4,6) and Silica's exact draft-model mode.
 Timings on shared machines are noisy: compare ratios from one run.
 
 examples:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, TextIO
 
 from engine.runtime import Engine, load
+from engine.safety.flags import add_safety_flags, policy_from_args
 from engine.schema import DEFAULT_MAX_TOKENS, Chunk, SamplingParams, Stats
 
 Messages = Sequence[dict[str, Any]]
@@ -82,6 +83,7 @@ def add_generate_parser(subparsers: argparse._SubParsersAction) -> None:
         help="send the prompt as plain text, without the chat template",
     )
     add_sampling_flags(p)
+    add_safety_flags(p)
     p.add_argument(
         "--draft",
         metavar="M",
@@ -89,8 +91,10 @@ def add_generate_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--speculation",
-        choices=["lookup"],
-        help="draft from the prompt itself (n-gram lookup; no second model)",
+        choices=["lookup", "auto"],
+        help="lookup: draft from the prompt itself (n-gram lookup; no second "
+        "model); auto: each round, lookup, the --draft model or neither, whichever "
+        "has paid off best so far",
     )
     p.set_defaults(func=_run_generate)
 
@@ -108,6 +112,7 @@ def add_chat_parser(subparsers: argparse._SubParsersAction) -> None:
     _add_model_flag(p)
     p.add_argument("--system", help="system message sent at the start of each turn")
     add_sampling_flags(p)
+    add_safety_flags(p)
     p.set_defaults(func=_run_chat)
 
 
@@ -175,6 +180,7 @@ def render_stats(stats: Stats, finish_reason: str | None) -> str:
         spec = (
             f"accepted {stats.acceptance_rate:.0%}, "
             f"{stats.tokens_per_forward:.2f} tok/forward, "
+            f"draft {stats.draft_s:.2f} s / verify {stats.verify_s:.2f} s, "
         )
     return (
         f"[prompt {stats.prompt_tokens} tok, cached {stats.cached_tokens}, "
@@ -191,11 +197,13 @@ def _run_generate(args: argparse.Namespace) -> int:
     text = sys.stdin.read() if args.prompt == "-" else args.prompt
     if not text.strip():
         raise ValueError("The prompt is empty; pass --prompt TEXT or pipe it with -.")
-    engine = Engine()
+    engine = Engine(safety=policy_from_args(args))
     model = engine.load(args.model)
     spec = {"speculation": args.speculation}
     if args.draft:
-        spec = {"draft": engine.load(args.draft)}
+        if args.speculation == "lookup":
+            raise ValueError("--speculation lookup takes no --draft; use auto.")
+        spec["draft"] = engine.load(args.draft)
     prompt: str | Messages = text
     if not args.raw:
         if model.info.has_chat_template:
@@ -275,7 +283,7 @@ def to_messages(turns: Messages, system: str | None) -> list[dict[str, Any]]:
 
 def _run_chat(args: argparse.Namespace) -> int:
     params = to_sampling_params(args)
-    model = load(args.model)
+    model = load(args.model, safety=policy_from_args(args))
     if not model.info.has_chat_template:
         raise ValueError(
             f"{args.model} has no chat template; use "

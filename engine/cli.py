@@ -7,6 +7,7 @@ import argparse
 from convert import add_convert_parser, add_models_parser, run_command
 from engine.bench_command import add_bench_parser
 from engine.chat_command import add_chat_parser, add_generate_parser
+from engine.safety.eval_command import add_safety_eval_parser
 from engine.serve_command import add_serve_parser
 
 VERSION = "0.1.0"
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parser(sub)
     add_convert_parser(sub)
     add_models_parser(sub)
+    add_safety_eval_parser(sub)
     return parser
 
 

@@ -24,10 +24,15 @@ PREFILL_STEP = 512  # prompt tokens per forward while prefilling
 
 @dataclass(frozen=True)
 class Speculation:
-    """Speculate with a draft model, or by prompt lookup when ``draft`` is None."""
+    """Speculate with a draft model, by prompt lookup, or (auto) both.
+
+    ``auto`` picks each round's source (lookup, ``draft`` when given, or none) by
+    the tokens per unit of cost each has yielded so far (``engine.draft_choice``).
+    """
 
     draft: LoadedModel | None = None
     num_draft_tokens: int = 4
+    auto: bool = False
 
 
 @dataclass
@@ -131,10 +136,20 @@ def decode(
         prefill_tps=(len(tokens) - cached_tokens) / max(first_at - start, 1e-9),
         decode_tps=(generated - 1) / (end - first_at) if generated > 1 else 0.0,
         peak_memory_gb=mx.get_peak_memory() / 1e9,
-        acceptance_rate=spec.acceptance_rate if spec else None,
-        tokens_per_forward=spec.tokens_per_forward if spec else None,
+        **_speculation_stats(spec),
     )
     yield Chunk(tail, index=index, finish_reason=finish, stats=stats)
+
+
+def _speculation_stats(spec: SpecStats | None) -> dict[str, float]:
+    if spec is None:
+        return {}
+    return {
+        "acceptance_rate": spec.acceptance_rate,
+        "tokens_per_forward": spec.tokens_per_forward,
+        "draft_s": spec.draft_time_s,
+        "verify_s": spec.verify_time_s,
+    }
 
 
 def _steps(
@@ -173,7 +188,8 @@ def _steps(
         max_tokens=max_tokens,
         history=tokens,
         draft_model=draft.model if draft else None,
-        lookup=draft is None,
+        lookup=draft is None or speculation.auto,
+        auto=speculation.auto,
         num_draft_tokens=speculation.num_draft_tokens,
         logits_processors=processors,
         prompt_cache=cache,

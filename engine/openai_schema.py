@@ -6,7 +6,6 @@ stays a thin layer and this stays easy to test.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import uuid
@@ -70,23 +69,8 @@ class ApiRequest:
     chat: bool
     stream: bool = False
     include_usage: bool = False
-    speculation: str | None = None  # Silica extension: "lookup" or "draft"
+    speculation: str | None = None  # Silica extension: "lookup", "draft", "auto"
     draft_model: str | None = None  # Silica extension: a served model to draft with
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def parse_json(raw: bytes) -> dict[str, Any]:
-    """Parse a request body; NaN and Infinity are refused, as strict JSON does."""
-    try:
-        body = json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as e:
-        raise ApiError(400, f"The request body is not valid JSON: {e}") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "The request body must be a JSON object.")
-    return body
 
 
 def _typed(body: dict[str, Any], key: str, kinds: tuple[type, ...], what: str) -> Any:
@@ -154,16 +138,15 @@ def _model_name(body: dict[str, Any]) -> str:
 
 def _spec(body: dict[str, Any]) -> tuple[str | None, str | None]:
     """Silica's extension fields: ``speculation`` and ``draft_model``."""
-    speculation = _typed(body, "speculation", (str,), "'lookup' or 'draft'")
+    kinds = "'lookup', 'draft' or 'auto'"
+    speculation = _typed(body, "speculation", (str,), kinds)
     draft = _typed(body, "draft_model", (str,), "a served model name")
-    if speculation not in (None, "lookup", "draft"):
-        raise ApiError(
-            400, "speculation must be 'lookup' or 'draft'.", param="speculation"
-        )
-    if speculation == "draft" and not draft:
-        raise ApiError(
-            400, "speculation 'draft' needs draft_model.", param="draft_model"
-        )
+    if speculation not in (None, "lookup", "draft", "auto"):
+        raise ApiError(400, f"speculation must be {kinds}.", param="speculation")
+    if (speculation == "draft") != bool(draft) and speculation in ("draft", "lookup"):
+        need = "needs" if speculation == "draft" else "takes no"
+        message = f"speculation {speculation!r} {need} draft_model."
+        raise ApiError(400, message, param="draft_model")
     return (speculation or ("draft" if draft else None)), draft
 
 

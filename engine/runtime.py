@@ -2,63 +2,43 @@
 
 from __future__ import annotations
 
-import queue
 import threading
 import weakref
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
-import mlx.core as mx
 from jinja2 import TemplateError
-from mlx.utils import tree_flatten
-from mlx_lm.utils import get_total_parameters
 
-from convert import load_checked, model_dir
-from engine.decode import LoadedModel
-from engine.schema import Choice, Chunk, Completion, ModelInfo, SamplingParams, Usage
+from convert import model_dir
+from engine.chunk_stream import ChunkStream
+from engine.loader import load_into, unload_from
+from engine.memory_budget import InsufficientMemory, MemoryLedger, weight_file_bytes
+from engine.safety.policy import Policy
+from engine.safety.screen import GuardedStream, screen_prompt
+from engine.schema import (
+    Choice,
+    Chunk,
+    Completion,
+    MemoryInfo,
+    ModelInfo,
+    SamplingParams,
+    Usage,
+    check_text,
+)
 from engine.speculative import check_draft
-from engine.worker import EngineDied, EngineWorker, GenerateRequest, Job
+from engine.worker import (
+    EngineWorker,
+    GenerateRequest,
+    memory_info,
+)
+
+if TYPE_CHECKING:
+    from engine.side_by_side import CompareStream, Side
 
 Messages = Sequence[dict[str, Any]]
 Prompt = str | Messages | Sequence[int]  # raw text, chat messages, or token ids
-POLL_S = 0.5  # how often a waiting reader checks that the worker is alive
-
-
-class ChunkStream:
-    """An iterator of ``Chunk`` that any thread may cancel.
-
-    ``cancel()`` (or ``close()``) stops the generation within one token; the stream
-    then ends with a chunk whose ``finish_reason`` is ``"cancelled"``.
-    """
-
-    def __init__(self, job: Job, worker: EngineWorker) -> None:
-        self._job, self._worker, self._done = job, worker, False
-
-    def __iter__(self) -> ChunkStream:
-        return self
-
-    def __next__(self) -> Chunk:
-        while not self._done:
-            try:
-                chunk = self._job.out.get(timeout=POLL_S)
-            except queue.Empty:
-                if not self._worker.is_alive():
-                    raise EngineDied(
-                        "The engine thread stopped mid-generation."
-                    ) from None
-                continue
-            if chunk is None:
-                self._done = True
-                break
-            return chunk
-        raise StopIteration
-
-    def cancel(self) -> None:
-        """Stop the generation; safe to call from any thread, more than once."""
-        self._job.cancel.set()
-
-    close = cancel
+DEFAULT_POLICY = Policy()
 
 
 class Model:
@@ -92,6 +72,8 @@ class Model:
             return list(prompt)
         if not isinstance(prompt, str) and not self.info.has_chat_template:
             raise ValueError(f"{self.name} has no chat template; pass a plain prompt.")
+        for text in _texts(prompt):
+            check_text(text, "The prompt")
         # Fast tokenizers are not safe to call from several threads at once.
         with self._tokenizer_lock:
             try:
@@ -126,7 +108,9 @@ class Model:
             draft: A smaller model with the same tokenizer, loaded on the same engine,
                 for exact speculative decoding (output distribution unchanged).
             speculation: ``"lookup"`` drafts from n-gram matches in the prompt and
-                the text so far (no second model); ``None`` decodes plainly.
+                the text so far (no second model); ``"auto"`` picks each round
+                among lookup, ``draft`` (if given) and no drafting by what has
+                paid off so far; ``None`` decodes plainly (or with ``draft``).
             **kwargs: Fields of ``SamplingParams`` (max_tokens, temperature, ...).
 
         Returns:
@@ -136,20 +120,58 @@ class Model:
         Raises:
             ValueError: Bad parameters, a prompt that does not fit the context, or a
                 draft whose vocabulary differs.
+            ContentBlocked: The engine's safety policy blocks the prompt (a
+                ValueError; ``.verdict`` says why).
+            InsufficientMemory: The KV cache for the prompt plus ``max_tokens``
+                would not fit the engine's memory budget beside the loaded weights.
             EngineBusy: Too many requests are queued.
+
+        ``max_tokens`` is cut to the context the prompt leaves. With the engine's
+        safety filter on (the default), the prompt is screened (and redacted where
+        the policy says so) and the answer's text is released only once screened;
+        see ``Engine``.
+        """
+        policy, verdict = self._engine.safety, None
+        if policy is not None:
+            prompt, verdict = screen_prompt(prompt, policy, self._tokenizer.decode)
+        request = self.prepare(
+            prompt, params, draft=draft, speculation=speculation, **kwargs
+        )
+        chunks = ChunkStream(self._engine.worker.generate(request), self._engine.worker)
+        if policy is None:
+            return chunks
+        return GuardedStream(chunks, policy, verdict, request.params.n)
+
+    def prepare(
+        self,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        *,
+        draft: Model | None = None,
+        speculation: str | None = None,
+        **kwargs: Any,
+    ) -> GenerateRequest:
+        """Tokenize and check a request for ``Engine.compare`` (arguments: ``stream``).
+
+        ``max_tokens`` is cut to the context the prompt leaves.
+
+        Raises:
+            ValueError: As ``stream`` does.
+            InsufficientMemory: As ``stream`` does.
         """
         params = params or SamplingParams(**kwargs)
         tokens = self.encode(prompt)
-        self._check_fits(tokens, params)
+        params = self._fit(tokens, params)
         request = GenerateRequest(
             self.name, tuple(tokens), params, **self._speculation(draft, speculation)
         )
-        return ChunkStream(self._engine.worker.generate(request), self._engine.worker)
+        self._engine.check_memory([request])
+        return request
 
     def _speculation(self, draft: Model | None, speculation: str | None) -> dict:
-        if speculation not in (None, "lookup", "draft"):
+        if speculation not in (None, "lookup", "draft", "auto"):
             raise ValueError(
-                f"speculation must be 'lookup' or 'draft', got {speculation!r}."
+                f"speculation must be 'lookup', 'draft' or 'auto', got {speculation!r}."
             )
         if draft is None:
             if speculation == "draft":
@@ -158,7 +180,9 @@ class Model:
         if draft._engine is not self._engine:
             raise ValueError("Load the draft model on the same Engine as the target.")
         check_draft(self._tokenizer, draft._tokenizer)
-        return {"speculation": "draft", "draft_model": draft.name}
+        if speculation == "lookup":
+            raise ValueError("speculation='lookup' takes no draft model.")
+        return {"speculation": speculation or "draft", "draft_model": draft.name}
 
     def generate(
         self,
@@ -176,7 +200,8 @@ class Model:
             parts[chunk.index].append(chunk)
         return _completion(parts)
 
-    def _check_fits(self, tokens: list[int], params: SamplingParams) -> None:
+    def _fit(self, tokens: list[int], params: SamplingParams) -> SamplingParams:
+        """``params`` with max_tokens cut to the context left after the prompt."""
         context = self.info.context_length
         if len(tokens) >= context:
             raise ValueError(
@@ -186,6 +211,18 @@ class Model:
         vocab = self._tokenizer.vocab_size
         if bad := [t for t, _ in params.logit_bias if t >= vocab]:
             raise ValueError(f"logit_bias names token ids {bad} beyond the vocabulary.")
+        left = context - len(tokens)
+        return replace(params, max_tokens=left) if params.max_tokens > left else params
+
+
+def _texts(prompt: Prompt) -> Iterator[str]:
+    """The strings of a prompt: itself, or every string value of its messages."""
+    if isinstance(prompt, str):
+        yield prompt
+        return
+    for message in prompt:
+        if isinstance(message, dict):
+            yield from (v for v in message.values() if isinstance(v, str))
 
 
 def _is_token_ids(prompt: object) -> bool:
@@ -218,12 +255,38 @@ def _completion(parts: dict[int, list[Chunk]]) -> Completion:
 
 
 class Engine:
-    """Owns the engine thread and the models it holds; use as a context manager."""
+    """Owns the engine thread and the models it holds; use as a context manager.
 
-    def __init__(self, **worker_options: Any) -> None:
-        self.worker = EngineWorker(**worker_options)
+    Args:
+        safety: The safety policy every ``Model.stream`` applies to prompts and
+            answers (``Policy()``, the default policy, unless given); None turns
+            the filter off.
+        memory_budget: Bytes the weights and KV caches may take together; loads and
+            requests beyond it raise ``InsufficientMemory``. Default: MLX's
+            recommended working set on Metal, else 75% of physical RAM.
+        **worker_options: ``max_queue``, ``prompt_cache_bytes``, ... of the worker.
+    """
+
+    def __init__(
+        self,
+        *,
+        safety: Policy | None = DEFAULT_POLICY,
+        memory_budget: int | None = None,
+        **worker_options: Any,
+    ) -> None:
+        if memory_budget is not None and memory_budget < 1:
+            raise ValueError(f"memory_budget must be >= 1 byte, got {memory_budget}.")
+        self.safety = safety
+        self.worker = EngineWorker(memory_budget=memory_budget, **worker_options)
         self.worker.start()
         self._finalizer = weakref.finalize(self, self.worker.stop)
+        budget = self.worker.call(lambda models: self.worker.memory_budget).result()
+        self.ledger = MemoryLedger(budget)
+
+    @property
+    def memory_budget(self) -> int:
+        """Bytes the weights and KV caches may take together."""
+        return self.ledger.budget
 
     def load(self, name_or_path: str, *, name: str | None = None) -> Model:
         """Load a model: a catalog name, an MLX or Hugging Face directory, a GGUF file.
@@ -233,17 +296,79 @@ class Engine:
 
         Raises:
             ModelFileError: A model file is malformed; ValueError for a bad name.
+            InsufficientMemory: Its weights do not fit beside the loaded ones (checked
+                from the file sizes before loading, and again once loaded).
         """
         path = model_dir(name_or_path)
         name = name or name_or_path
-        loaded = self.worker.call(
-            lambda models: _load_into(models, name, path)
-        ).result()
-        return Model(self, name, loaded.info, loaded.tokenizer)
+        self.ledger.check_load(name, weight_file_bytes(path))
+        loaded = self.worker.call(lambda models: load_into(models, name, path)).result()
+        info = loaded.info
+        try:  # the files can understate it (a dtype widened while loading)
+            self.ledger.check_load(name, round(info.memory_gb * 1e9))
+        except InsufficientMemory:
+            self.worker.call(lambda models: unload_from(models, name)).result()
+            raise
+        self.ledger.record(name, round(info.memory_gb * 1e9), info.kv_bytes_per_token)
+        return Model(self, name, info, loaded.tokenizer)
 
     def unload(self, name: str) -> None:
         """Free a model's memory."""
-        self.worker.call(lambda models: models.pop(name, None)).result()
+        self.worker.call(lambda models: unload_from(models, name)).result()
+        self.ledger.forget(name)
+
+    def check_memory(self, requests: Sequence[GenerateRequest]) -> None:
+        """Refuse requests whose KV caches, held at once, would not fit the budget.
+
+        Raises:
+            InsufficientMemory: Says what is needed and what is free.
+        """
+        needs = []
+        for r in requests:
+            tokens = len(r.tokens) + r.params.max_tokens
+            needs.append((r.model, tokens))
+            if r.draft_model:
+                needs.append((r.draft_model, tokens))
+        self.ledger.check_request(needs)
+
+    def compare(
+        self, sides: Sequence[Side], *, interleave: bool = True
+    ) -> CompareStream:
+        """Stream several generations together, as one queued task.
+
+        Args:
+            sides: ``Side(model, prompt, params, draft=, speculation=)`` each, for
+                models loaded on this engine; screened like ``Model.stream``.
+            interleave: Step them in turns (one token each) so they stream side by
+                side; False runs them one after another (undisturbed timings).
+
+        Returns:
+            A ``CompareStream`` of ``(side, Chunk)``, ``side`` indexing ``sides``;
+            each side ends with a finish reason, ``"error"`` for one that failed.
+
+        Raises:
+            ValueError: As ``Model.stream`` does (``ContentBlocked`` included).
+            EngineBusy: Too many requests are queued.
+        """
+        from engine.side_by_side import stream_side_by_side  # it builds on this module
+
+        return stream_side_by_side(self, sides, interleave=interleave)
+
+    @property
+    def queued(self) -> tuple[int, int]:
+        """``(waiting, most)``: tasks queued now and the most that may wait."""
+        return self.worker.queued, self.worker.max_queue
+
+    def memory(self, *, timeout: float | None = None) -> MemoryInfo:
+        """MLX's memory use now, read on the engine thread.
+
+        Args:
+            timeout: Seconds to wait while a generation holds the thread.
+
+        Raises:
+            TimeoutError: The engine stayed busy for ``timeout`` seconds.
+        """
+        return self.worker.call(lambda models: memory_info()).result(timeout)
 
     def close(self) -> None:
         self._finalizer()
@@ -253,26 +378,6 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _load_into(models: dict[str, LoadedModel], name: str, path: Path) -> LoadedModel:
-    """Runs on the worker: load lazily, evaluate, describe."""
-    model, tokenizer, config = load_checked(path)
-    mx.eval(model.parameters())
-    nbytes = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
-    parameters = get_total_parameters(model)
-    context = config.get("max_position_embeddings") or tokenizer.model_max_length
-    info = ModelInfo(
-        name=name,
-        path=str(path),
-        parameters=parameters,
-        bits=nbytes * 8 / max(parameters, 1),
-        memory_gb=nbytes / 1e9,
-        context_length=int(min(context, 1 << 20)),
-        has_chat_template=getattr(tokenizer, "chat_template", None) is not None,
-    )
-    models[name] = LoadedModel(model, tokenizer, config, info)
-    return models[name]
 
 
 def load(name_or_path: str, **engine_options: Any) -> Model:

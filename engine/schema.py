@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 DEFAULT_MAX_TOKENS = 512
 MAX_N = 16
@@ -18,6 +19,21 @@ def _check_number(name: str, value: float, low: float, high: float) -> None:
         raise ValueError(f"{name} must be a number, got {value!r}.")
     if not math.isfinite(value) or not low <= value <= high:
         raise ValueError(f"{name} must be between {low} and {high}, got {value!r}.")
+
+
+def check_text(text: str, what: str) -> None:
+    """Refuse text that is not valid Unicode: a lone surrogate cannot be encoded.
+
+    Raises:
+        ValueError: Names ``what``, the code point and where it is.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(
+            f"{what} has a lone surrogate U+{ord(text[e.start]):04X} at character "
+            f"{e.start}; send valid UTF-8 text."
+        ) from None
 
 
 def _check_int(name: str, value: int, low: int, high: int) -> None:
@@ -82,8 +98,9 @@ class SamplingParams:
             if not isinstance(s, str) or not 0 < len(s) <= MAX_STOP_CHARS:
                 raise ValueError(
                     f"each stop string must be 1 to {MAX_STOP_CHARS} characters, "
-                    f"got {s!r}."
+                    f"got {s!r:.80}."
                 )
+            check_text(s, "A stop string")
         if self.seed is not None:
             _check_int("seed", self.seed, -(1 << 63), (1 << 64) - 1)
         _check_int("n", self.n, 1, MAX_N)
@@ -104,6 +121,8 @@ class Stats:
         peak_memory_gb: Peak memory MLX used so far (GB).
         acceptance_rate: Share of drafted tokens accepted (speculation only).
         tokens_per_forward: Tokens emitted per target forward (speculation only).
+        draft_s: Seconds spent drafting (draft forwards, lookups; speculation only).
+        verify_s: Seconds spent in target forwards verifying drafts (speculation).
     """
 
     prompt_tokens: int = 0
@@ -115,6 +134,8 @@ class Stats:
     peak_memory_gb: float = 0.0
     acceptance_rate: float | None = None
     tokens_per_forward: float | None = None
+    draft_s: float | None = None
+    verify_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -132,7 +153,10 @@ class Chunk:
     """One piece of a stream: new text for completion ``index``.
 
     The last chunk of each completion has a ``finish_reason`` and ``stats``;
-    ``error`` says what went wrong when ``finish_reason == "error"``.
+    ``error`` says what went wrong when ``finish_reason == "error"``. With the safety
+    filter on, text is released only once screened (a chunk's text may lag its
+    token), and the last chunk carries the verdict in ``safety``;
+    ``finish_reason == "content_filter"`` when the filter stopped the answer.
     """
 
     text: str
@@ -142,6 +166,7 @@ class Chunk:
     finish_reason: str | None = None
     stats: Stats | None = None
     error: str | None = None
+    safety: Any = None  # the safety filter's Verdict for the completion (last chunk)
 
 
 @dataclass(frozen=True)
@@ -197,6 +222,8 @@ class ModelInfo:
         memory_gb: Memory the weights take (GB).
         context_length: Maximum tokens of prompt plus completion.
         has_chat_template: Whether messages can be formatted.
+        kv_bytes_per_token: KV-cache bytes per token of context (layers x kv_heads x
+            head_dim x 2 x dtype bytes); what memory admission counts.
     """
 
     name: str
@@ -206,3 +233,22 @@ class ModelInfo:
     memory_gb: float
     context_length: int
     has_chat_template: bool
+    kv_bytes_per_token: int = 0
+
+
+@dataclass(frozen=True)
+class MemoryInfo:
+    """Memory MLX uses on its device (GB).
+
+    Attributes:
+        active_gb: Held by arrays now (weights, KV caches).
+        peak_gb: The most held at once since the engine started.
+        cache_gb: Freed buffers MLX keeps for reuse.
+        total_gb: The device's memory (unified memory on Apple Silicon, RAM on CPU);
+            0 when unknown.
+    """
+
+    active_gb: float
+    peak_gb: float
+    cache_gb: float
+    total_gb: float

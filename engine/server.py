@@ -8,13 +8,11 @@ one at a time in arrival order, so concurrent clients queue instead of interleav
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import aclosing
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -22,8 +20,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect
 
+from engine.http_guard import check_key, install_guards, read_body
+from engine.memory_budget import InsufficientMemory
+from engine.moderation_api import moderation_json, parse_moderation
 from engine.openai_schema import (
     ApiError,
     ApiRequest,
@@ -33,13 +33,15 @@ from engine.openai_schema import (
     error_json,
     parse_chat,
     parse_completion,
-    parse_json,
     response_json,
     role_json,
     usage_json,
 )
 from engine.runtime import ChunkStream, Engine, Model
+from engine.safety.policy import Policy
+from engine.safety.screen import ContentBlocked
 from engine.schema import Chunk
+from engine.server_settings import ServerSettings
 from engine.worker import EngineBusy, EngineDied
 
 CLIENT_CLOSED = 499  # nginx's status for "the client went away"; nobody reads it
@@ -50,49 +52,25 @@ class ClientGone(Exception):
     """The client disconnected; its generation has been cancelled."""
 
 
-@dataclass(frozen=True)
-class ServerSettings:
-    """How the HTTP server behaves.
-
-    Attributes:
-        api_key: When set, every ``/v1`` request needs ``Authorization: Bearer KEY``.
-        max_body_bytes: Larger request bodies get 413 (default 1 MiB).
-        retry_after_s: ``Retry-After`` sent with 503 when the engine queue is full.
-        poll_s: How often a waiting request checks that its client is still there.
-        keepalive_s: Idle seconds before a stream sends an SSE comment line.
-    """
-
-    api_key: str | None = None
-    max_body_bytes: int = 1 << 20
-    retry_after_s: int = 1
-    poll_s: float = 0.1
-    keepalive_s: float = 15.0
-
-    def __post_init__(self) -> None:
-        if self.api_key is not None and not self.api_key:
-            raise ValueError("api_key must be a non-empty string or None.")
-        if self.max_body_bytes < 1:
-            raise ValueError(f"max_body_bytes must be >= 1, got {self.max_body_bytes}.")
-        if not 0 < self.poll_s <= 5 or self.keepalive_s <= 0 or self.retry_after_s < 0:
-            raise ValueError("poll_s, keepalive_s and retry_after_s must be positive.")
-
-
 def make_app(
-    engine: Engine, models: dict[str, Model], settings: ServerSettings | None = None
+    engine: Engine, models: Mapping[str, Model], settings: ServerSettings | None = None
 ) -> FastAPI:
     """Build the FastAPI app that serves ``models`` through ``engine``.
 
     Args:
         engine: The engine that loaded the models; only its queue length is read.
-        models: The models to serve, by the name clients pass as ``model``.
+        models: The models to serve, by the name clients pass as ``model``; read
+            per request, so a ``ModelPool`` that grows is served as it grows.
         settings: Limits and the API key; defaults to ``ServerSettings()``.
 
     Returns:
-        An ASGI app with ``/health``, ``/v1/models``, ``/v1/chat/completions`` and
-        ``/v1/completions``. Run it with uvicorn (``silica serve`` does).
+        An ASGI app with ``/health``, ``/v1/models``, ``/v1/chat/completions``,
+        ``/v1/completions`` and ``/v1/moderations``. Run it with uvicorn
+        (``silica serve`` does).
     """
     settings = settings or ServerSettings()
     app = FastAPI(title="Silica", openapi_url=None, docs_url=None, redoc_url=None)
+    install_guards(app, settings)
     _add_error_handlers(app)
     _add_info_routes(app, engine, models, settings)
     for path, parse in (
@@ -100,6 +78,13 @@ def make_app(
         ("/v1/completions", parse_completion),
     ):
         _add_generation_route(app, path, parse, models, settings)
+
+    @app.post("/v1/moderations")
+    async def moderations(request: Request) -> JSONResponse:
+        texts = parse_moderation(await read_body(request, settings))
+        policy = engine.safety or Policy()  # asked for explicitly: screen anyway
+        return JSONResponse(await run_in_threadpool(moderation_json, texts, policy))
+
     return app
 
 
@@ -121,7 +106,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 def _add_info_routes(
-    app: FastAPI, engine: Engine, models: dict[str, Model], settings: ServerSettings
+    app: FastAPI, engine: Engine, models: Mapping[str, Model], settings: ServerSettings
 ) -> None:
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -135,13 +120,13 @@ def _add_info_routes(
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> dict[str, Any]:
-        _check_key(request, settings)
+        check_key(request, settings)
         data = [_model_json(name, m) for name, m in models.items()]
         return {"object": "list", "data": data}
 
     @app.get("/v1/models/{name:path}")
     async def get_model(request: Request, name: str) -> dict[str, Any]:
-        _check_key(request, settings)
+        check_key(request, settings)
         return _model_json(name, _pick(models, name))
 
 
@@ -155,7 +140,7 @@ def _model_json(name: str, model: Model) -> dict[str, Any]:
     }
 
 
-def _pick(models: dict[str, Model], name: str) -> Model:
+def _pick(models: Mapping[str, Model], name: str) -> Model:
     if name not in models:
         raise ApiError(
             404,
@@ -166,50 +151,16 @@ def _pick(models: dict[str, Model], name: str) -> Model:
     return models[name]
 
 
-def _check_key(request: Request, settings: ServerSettings) -> None:
-    if settings.api_key is None:
-        return
-    given = request.headers.get("authorization", "")
-    expected = f"Bearer {settings.api_key}"
-    if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise ApiError(
-            401,
-            "Missing or wrong API key; send 'Authorization: Bearer KEY'.",
-            code="invalid_api_key",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-
-
-async def _read_body(request: Request, settings: ServerSettings) -> dict[str, Any]:
-    """The JSON body, refused before reading when it says it is too large."""
-    _check_key(request, settings)
-    limit = settings.max_body_bytes
-    declared = request.headers.get("content-length", "")
-    too_large = ApiError(413, f"The request body is over {limit} bytes.")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large
-    parts, size = [], 0
-    try:
-        async for part in request.stream():
-            size += len(part)
-            if size > limit:
-                raise too_large
-            parts.append(part)
-    except ClientDisconnect:  # nobody will read the answer; keep the log quiet
-        raise ApiError(400, "The client disconnected while sending.") from None
-    return parse_json(b"".join(parts))
-
-
 def _add_generation_route(
     app: FastAPI,
     path: str,
     parse: Callable[[dict[str, Any]], ApiRequest],
-    models: dict[str, Model],
+    models: Mapping[str, Model],
     settings: ServerSettings,
 ) -> None:
     @app.post(path)
     async def generate(request: Request) -> Response:
-        api = parse(await _read_body(request, settings))
+        api = parse(await read_body(request, settings))
         model = _pick(models, api.model)
         draft = _pick(models, api.draft_model) if api.draft_model else None
         stream = await _start(model, api, settings, draft)
@@ -241,6 +192,12 @@ async def _start(
         ) from None
     except EngineDied as e:
         raise ApiError(503, str(e), kind="server_error", code="engine_died") from None
+    except ContentBlocked as e:
+        raise ApiError(400, str(e), code="content_filter") from None
+    except InsufficientMemory as e:
+        raise ApiError(
+            503, str(e), kind="server_error", code="insufficient_memory"
+        ) from None
     except ValueError as e:
         raise ApiError(400, str(e)) from None
 

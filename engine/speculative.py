@@ -8,6 +8,7 @@ greedy output equals plain greedy output. Runs on the engine worker thread only.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,12 +17,20 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
+from engine.acceptance import accept_drafts
+from engine.draft_choice import SourceChooser, size_ratio
 from engine.kv_cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
+from engine.prompt_lookup import LOOKUP_NGRAMS, lookup_drafts
 from engine.sampling import LogitsProcessor, Scale, to_key, to_scale
 from engine.schema import SamplingParams
 
-MAX_ADAPTIVE_DRAFT = 8  # adaptive k grows to max(this, num_draft_tokens)
-LOOKUP_NGRAMS = (3, 2, 1)  # n-gram sizes prompt lookup tries, longest first
+# Adaptive k grows to max(this, num_draft_tokens). On the CPU here verifying 8 tokens
+# cost about what 5-7 did, and 9 cost 40% more (OpenBLAS GEMM blocking).
+MAX_ADAPTIVE_DRAFT = 7
+# A draft model stops drafting once it is less sure than this of its token: a draft
+# forward costs ~0.3 of a target forward and a less likely token is mostly rejected,
+# taking the rest of the round with it (llama.cpp's --draft-p-min idea).
+DRAFT_P_MIN = 0.5
 
 
 @dataclass
@@ -79,6 +88,9 @@ class _Run:
     k_max: int
     stats: SpecStats
     key: mx.array  # split once per round; from the request's seed and index
+    lookup: bool = False  # draft by n-gram lookup (first, when there is a draft model)
+    draft_p_min: float = DRAFT_P_MIN
+    chooser: SourceChooser | None = None  # auto: picks each round's draft source
 
     def split_keys(self, count: int) -> mx.array:
         self.key, round_key = mx.random.split(self.key)
@@ -98,8 +110,10 @@ def speculative_generate_step(
     draft_model: nn.Module | None = None,
     draft_cache: list[Any] | None = None,
     lookup: bool = False,
+    auto: bool = False,
     num_draft_tokens: int = 4,
     adaptive: bool = True,
+    draft_p_min: float = DRAFT_P_MIN,
     logits_processors: list[LogitsProcessor] | None = None,
     prefill_step_size: int = 512,
     stats: SpecStats | None = None,
@@ -119,10 +133,16 @@ def speculative_generate_step(
         draft_model: A small model with the target's vocabulary.
         draft_cache: The draft's KV cache, holding a prefix of ``history``; a new
             one is made when None.
-        lookup: Draft by n-gram match in ``history`` + output instead.
+        lookup: Draft by n-gram match in ``history`` + output; with a draft model
+            too, a lookup match (of 2 tokens or more) drafts first, for free.
+        auto: Each round, draft from lookup, the draft model or not at all,
+            whichever has emitted the most tokens per forward's worth of cost
+            (see ``engine.draft_choice``).
         num_draft_tokens: Draft tokens per round (the start value when adaptive).
         adaptive: Raise k after a round that accepts all, lower it when less
-            than half is accepted (1 <= k <= max(8, num_draft_tokens)).
+            than half is accepted (1 <= k <= max(7, num_draft_tokens)).
+        draft_p_min: The draft model stops a round's drafting after a token it
+            gives less than this probability (0 drafts all k).
         logits_processors: As for ``generate_step``: they see ``prompt`` + output.
         prefill_step_size: Prompt tokens per forward while prefilling.
         stats: Counters, updated in place.
@@ -133,8 +153,8 @@ def speculative_generate_step(
         proposed it.
 
     Raises:
-        ValueError: Neither or both of ``draft_model`` and ``lookup``, a cache that
-            cannot be trimmed, an empty prompt or a draft of another vocab size.
+        ValueError: Neither ``draft_model`` nor ``lookup``, a cache that cannot be
+            trimmed, an empty prompt or a draft of another vocab size.
 
     Note: ``prompt_cache`` and ``draft_cache`` are updated in place; when the
     generator ends or is closed each holds exactly ``history`` + the yielded tokens.
@@ -151,7 +171,7 @@ def speculative_generate_step(
         tokens=history,
         seen_from=len(history) - len(prompt),
         target_len=len(history) - 1,
-        draft_len=len(history) - 1,
+        draft_len=_held_prefix(draft_cache, len(history) - 1),
         scale=to_scale(params),
         processors=list(logits_processors or []),
         stream=stream,
@@ -160,6 +180,9 @@ def speculative_generate_step(
         k_max=max(MAX_ADAPTIVE_DRAFT, num_draft_tokens) if adaptive else 0,
         stats=stats if stats is not None else SpecStats(),
         key=to_key(params, index),
+        lookup=lookup,
+        chooser=SourceChooser(size_ratio(draft_model, model)) if auto else None,
+        draft_p_min=draft_p_min,
     )
     return _generate(run, prompt, max_tokens)
 
@@ -170,20 +193,36 @@ def _generate(
     end, step = len(run.tokens) + max_tokens, run.prefill_step_size
     with mx.stream(run.stream):
         _prefill(run.model, run.cache, prompt.tolist()[:-1], step)
-        if run.draft_model is not None:
-            # The draft cache may hold any prefix of the history; keep all but the last.
-            held = run.draft_cache[0].offset
-            _trim(run.draft_cache, held - run.draft_len)
-            rest = run.tokens[min(held, run.draft_len) : -1]
-            _prefill(run.draft_model, run.draft_cache, rest, step)
         try:
+            # With a draft model the first token comes from a plain step, so time to
+            # first token is plain decoding's; the draft model prefills after it.
+            k = 0 if run.draft_model is not None else run.k
             while len(run.tokens) < end:
-                for token, logprobs, from_draft in _round(run, end - len(run.tokens)):
+                for token, logprobs, from_draft in _round(
+                    run, end - len(run.tokens), k
+                ):
                     run.tokens.append(token)
                     run.stats.emitted += 1
                     yield token, logprobs, from_draft
+                if k == 0 and run.draft_model is not None:
+                    _prefill_draft(run, step)
+                k = run.k
         finally:
             _sync(run)
+
+
+def _prefill_draft(run: _Run, step: int) -> None:
+    """Feed the draft model all of ``run.tokens`` but the last."""
+    _prefill(run.draft_model, run.draft_cache, run.tokens[run.draft_len : -1], step)
+    run.draft_len = len(run.tokens) - 1
+
+
+def _held_prefix(cache: list[Any] | None, length: int) -> int:
+    """Trim a draft cache holding a prefix of the history to at most ``length``."""
+    if cache is None:
+        return length
+    _trim(cache, cache[0].offset - length)
+    return min(cache[0].offset, length)
 
 
 def _check_args(
@@ -193,8 +232,8 @@ def _check_args(
     lookup: bool,
     prompt_cache: list[Any],
 ) -> list[Any] | None:
-    if (draft_model is None) == (not lookup):
-        raise ValueError("Pass exactly one of draft_model and lookup=True.")
+    if draft_model is None and not lookup:
+        raise ValueError("Pass a draft_model, lookup=True or both.")
     if draft_model is not None:
         size, draft_size = (m.args.vocab_size for m in (model, draft_model))
         if size != draft_size:
@@ -236,29 +275,28 @@ def _normalize(
     return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
 
 
-def _round(run: _Run, budget: int) -> list[tuple[int, mx.array, bool]]:
-    """Draft, verify in one forward, accept; return the round's tokens."""
-    k = min(run.k, budget - 1)  # a round yields at most k + 1 tokens
+def _round(run: _Run, budget: int, k: int) -> list[tuple[int, mx.array, bool]]:
+    """Draft up to k tokens, verify them in one forward, accept; return the tokens."""
+    k = min(k, budget - 1)  # a round yields at most k + 1 tokens
     keys = run.split_keys(k + 2) if run.scale is not None else None
     start = time.perf_counter()
-    if run.draft_model is not None:
-        drafts, q = _draft_with_model(run, k, keys)
-    else:
-        drafts, q = _lookup(run.tokens, k), None
+    drafts, q, source = _draft(run, k, keys)
     middle = time.perf_counter()
     inputs = mx.array(run.tokens[run.target_len :] + drafts)
     logits = _forward(run.model, run.cache, inputs)[-len(drafts) - 1 :]
     seen = mx.array(run.tokens[run.seen_from :] + drafts if run.processors else [])
     size = len(run.tokens) - run.seen_from
     logprobs = _normalize(logits, lambda j: seen[: size + j], run.processors)
-    n, token = _accept(logprobs, drafts, q, run.scale, keys)
+    n, token = accept_drafts(logprobs, drafts, q, run.scale, keys)
     _trim(run.cache, len(drafts) - n)
     run.target_len = len(run.tokens) + n
-    if run.draft_model is not None and drafts:
+    if source == "model" and drafts:
         # The draft cache holds tokens + d1..d(k-1); keep the accepted part.
         kept = min(n, len(drafts) - 1)
         _trim(run.draft_cache, len(drafts) - 1 - kept)
         run.draft_len = len(run.tokens) + kept
+    if run.chooser is not None:
+        run.chooser.record(source, n + 1, len(drafts))
     _count(run, len(drafts), n, (middle - start, time.perf_counter() - middle))
     accepted = [(d, logprobs[j], True) for j, d in enumerate(drafts[:n])]
     return [*accepted, (token, logprobs[n], False)]
@@ -278,75 +316,63 @@ def _count(run: _Run, drafted: int, n: int, times: tuple[float, float]) -> None:
             run.k = max(run.k - 1, 1)
 
 
+def _draft(
+    run: _Run, k: int, keys: mx.array | None
+) -> tuple[list[int], mx.array | None, str]:
+    """Drafts, their distributions (None: one-hot) and their source."""
+    # Without auto, a draft model's tokens beat a mere unigram match.
+    plain_hybrid = run.chooser is None and run.draft_model is not None
+    ngrams = LOOKUP_NGRAMS[:-1] if plain_hybrid else LOOKUP_NGRAMS
+    found = lookup_drafts(run.tokens, k, ngrams) if run.lookup else []
+    if run.chooser is not None:
+        available = [
+            source
+            for source, ok in (
+                ("lookup", found),
+                ("model", run.draft_model is not None and k > 0),
+                ("plain", True),
+            )
+            if ok
+        ]
+        source = run.chooser.pick(available)
+    else:
+        source = "lookup" if found or run.draft_model is None else "model"
+    if source == "model":
+        return (*_draft_with_model(run, k, keys), source)
+    return (found if source == "lookup" else []), None, source
+
+
 def _draft_with_model(
     run: _Run, k: int, keys: mx.array | None
 ) -> tuple[list[int], mx.array | None]:
-    """Sample k tokens from the draft; return them and their distributions (k, V)."""
+    """Sample up to k tokens from the draft; return them and their distributions.
+
+    Stops early once the draft gives its token less than ``run.draft_p_min``.
+    """
     if k == 0:
         return [], None
     base = mx.array(run.tokens[run.seen_from :] if run.processors else [], mx.int32)
     inputs = mx.array(run.tokens[run.draft_len :])
-    drafts: list[mx.array] = []
+    drafts: list[int] = []
     qs: list[mx.array] = []
     for i in range(k):
         logits = _forward(run.draft_model, run.draft_cache, inputs)[-1:]
-        seen = mx.concatenate([base, *drafts])
+        seen = mx.concatenate([base, mx.array(drafts, mx.int32)])
         logprobs = _normalize(logits, lambda _, s=seen: s, run.processors)
         if run.scale is None:
             inputs = mx.argmax(logprobs, axis=-1)
+            sure = logprobs[0, inputs[0]]
         else:
             scaled = run.scale(logprobs)
             inputs = mx.random.categorical(scaled, key=keys[i])
             qs.append(mx.softmax(scaled, axis=-1))
-        drafts.append(inputs)  # (1,)
-    run.draft_len = len(run.tokens) + k - 1  # d_k is not fed yet
-    q = mx.concatenate(qs) if qs else None
-    mx.eval(drafts, q)
-    return mx.concatenate(drafts).tolist(), q
-
-
-def _lookup(tokens: list[int], k: int) -> list[int]:
-    """The k tokens after the latest earlier match of the last n-gram, longest first."""
-    for n in LOOKUP_NGRAMS if k else ():
-        tail = tokens[-n:]
-        for start in range(len(tokens) - n - 1, -1, -1):
-            if tokens[start : start + n] == tail:
-                return tokens[start + n : start + n + k]
-    return []
-
-
-def _accept(
-    logprobs: mx.array,
-    drafts: list[int],
-    q: mx.array | None,
-    scale: Scale | None,
-    keys: mx.array | None,
-) -> tuple[int, int]:
-    """How many drafts the target accepts, and the token it samples after them.
-
-    ``logprobs`` (k + 1, V) are the target's; ``q`` (k, V) the draft's sampling
-    distributions (None: one-hot at the drafts, as for lookup).
-    """
-    k = len(drafts)
-    if scale is None:  # greedy: p and q are one-hot at their argmax
-        best = mx.argmax(logprobs, axis=-1).tolist()
-        n = next((i for i in range(k) if drafts[i] != best[i]), k)
-        return n, best[n]
-    p = mx.softmax(scale(logprobs), axis=-1)  # (k + 1, V)
-    if k == 0:
-        return 0, mx.random.categorical(mx.log(p[0]), key=keys[1]).item()
-    d = mx.array(drafts, mx.int32)
-    if q is None:
-        q = (mx.arange(p.shape[-1])[None] == d[:, None]).astype(p.dtype)  # (k, V)
-    rows = mx.arange(k)
-    ok = mx.random.uniform(key=keys[k], shape=(k,)) * q[rows, d] < p[rows, d]
-    n = mx.cumprod(ok.astype(mx.int32)).sum()
-    # Row i < k: the residual after rejecting d(i+1); row k: the bonus distribution.
-    residual = mx.concatenate([mx.maximum(p[:k] - q, 0.0), p[k:]])
-    residual = mx.where(residual.sum(axis=-1, keepdims=True) > 0, residual, p)
-    picks = mx.random.categorical(mx.log(residual), key=keys[k + 1])  # (k + 1,)
-    mx.eval(n, picks)
-    return n.item(), picks[n].item()
+            sure = mx.log(qs[-1][0, inputs[0]])
+        mx.eval(inputs, sure)
+        drafts.append(inputs.item())
+        if sure.item() < math.log(max(run.draft_p_min, 1e-30)):
+            break
+    run.draft_len = len(run.tokens) + len(drafts) - 1  # the last draft is not fed yet
+    return drafts, mx.concatenate(qs) if qs else None
 
 
 def _trim(cache: list[Any], count: int) -> None:

@@ -14,16 +14,17 @@ def test_bench_rows_compare_cases_on_each_workload(tiny_model_dir):
         model = engine.load(str(tiny_model_dir))
         # the summarize text is longer than the tiny model's 256-token context
         rows = run_bench(model, ["chinese", "code"], max_tokens=12, repeats=2)
-    cases = ("mlx-lm plain", "silica plain", "silica lookup")
+    cases = ("mlx-lm plain", "silica plain", "silica lookup", "silica auto")
     assert [(r.workload, r.case) for r in rows] == [
         (w, c) for w in ("chinese", "code") for c in cases
     ]
-    for base, *ours in zip(rows[::3], rows[1::3], rows[2::3], strict=True):
+    for base, *ours in zip(*(rows[i :: len(cases)] for i in range(4)), strict=True):
         assert base.decode_ratio == 1.0
         for row in ours:
             assert row.generated == base.generated  # greedy: the same tokens
             assert row.decode_tps > 0 and row.prompt_tps > 0 and row.peak_gb > 0
-        assert ours[1].acceptance is not None and ours[0].acceptance is None
+        assert ours[0].acceptance is None
+        assert ours[1].acceptance is not None and ours[2].acceptance is not None
     table = render(rows)
     assert table.count("\n") == len(rows) + 1 and "decode vs mlx-lm" in table
 

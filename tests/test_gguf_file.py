@@ -184,7 +184,9 @@ HOSTILE: list[tuple[str, Patch, str]] = [
     ("version-1", lambda d, at: put(d, 4, "<I", 1), "version"),
     ("version-99", lambda d, at: put(d, 4, "<I", 99), "version"),
     ("under-24-bytes", lambda d, at: d[:20], "too short"),
-    ("cut-in-metadata", lambda d, at: d[: at["test.str.value"] + 3], "past the end"),
+    # A file this short cannot hold 9 metadata entries and 5 tensor infos.
+    ("cut-in-metadata", lambda d, at: d[: at["test.str.value"] + 3], "can describe"),
+    ("tensor-count-5000", lambda d, at: put(d, 8, "<Q", 5000), "can describe"),
     ("cut-in-tensor-info", lambda d, at: d[: at[f"{Q8}.dims"] + 5], "past the end"),
     # The writer pads the end to 32 bytes; cut past the padding into the last tensor.
     ("cut-in-tensor-data", lambda d, at: d[:-40], "past the end"),
@@ -211,6 +213,9 @@ HOSTILE: list[tuple[str, Patch, str]] = [
     ("offset-past-end", setting(f"{Q4}.offset", "<Q", 1 << 40), "past the end"),
     ("offset-near-2^64", setting(f"{Q4}.offset", "<Q", 2**64 - 32), "past the end"),
     ("tensors-overlap", setting("cube.weight.offset", "<Q", 0), "overlap"),
+    # Q8_0 -> Q4_0 halves the tensor: the rest of its bytes would be read as nothing.
+    ("type-shrinks-tensor", setting(f"{Q8}.type", "<I", T.Q4_0), "belong to no"),
+    ("trailing-bytes", lambda d, at: d + bytes(64), "after the last tensor"),
     ("duplicate-key", renaming("test.f32", b"test.u32"), "twice"),
     ("key-not-utf8", renaming("test.str", b"\xff"), "UTF-8"),
     ("value-type-99", setting("test.u32.type", "<I", 99), "unknown value type"),

@@ -152,11 +152,19 @@ def test_speculation_keeps_greedy_output_and_reports_acceptance(
     assert drafted.choices[0].tokens == plain.choices[0].tokens
     assert drafted.stats[0].acceptance_rate == 1.0  # the same weights agree everywhere
     assert drafted.stats[0].tokens_per_forward > 1.5
+    assert drafted.stats[0].draft_s > 0 and drafted.stats[0].verify_s > 0
+    for spec in ({"speculation": "auto"}, {"speculation": "auto", "draft": draft}):
+        auto = model.generate(MESSAGES, GREEDY, **spec)
+        assert auto.choices[0].tokens == plain.choices[0].tokens, spec
+        assert auto.stats[0].tokens_per_forward >= 1.0
+    with pytest.raises(ValueError, match="takes no draft"):
+        model.generate(MESSAGES, GREEDY, draft=draft, speculation="lookup")
     assert plain.stats[0].acceptance_rate is None
+    assert plain.stats[0].draft_s is None
 
 
 def test_bad_speculation_requests_are_refused(model, tiny_model_dir):
-    with pytest.raises(ValueError, match="'lookup' or 'draft'"):
+    with pytest.raises(ValueError, match="'lookup', 'draft' or 'auto'"):
         model.generate("x", GREEDY, speculation="auto-magic")
     with pytest.raises(ValueError, match="needs draft"):
         model.generate("x", GREEDY, speculation="draft")

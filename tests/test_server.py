@@ -21,6 +21,7 @@ from engine.serve_command import add_serve_parser, parse_model_flag
 from engine.server import ServerSettings, make_app
 
 BODY_LIMIT = 1 << 16
+LOCAL = "http://localhost"  # TestClient's default "testserver" fails the Host check
 CHAT = [{"role": "user", "content": "hello there"}]
 LONG = {"model": "tiny", "max_tokens": 240, "n": 16}  # ~12 s of work when not cancelled
 
@@ -245,7 +246,7 @@ def test_oversize_bodies_get_413_with_or_without_content_length(base):
 
 def test_api_key_is_required_when_set(engine, model):
     app = make_app(engine, {"tiny": model}, ServerSettings(api_key="secret"))
-    with TestClient(app) as http:
+    with TestClient(app, base_url=LOCAL) as http:
         assert http.get("/health").status_code == 200
         for headers in ({}, {"Authorization": "Bearer wrong"}):
             response = http.get("/v1/models", headers=headers)
@@ -273,7 +274,8 @@ class FailingStream(list):
 
 
 def test_engine_failures_become_openai_errors(engine):
-    with TestClient(make_app(engine, {"tiny": FailingModel()})) as http:
+    app = make_app(engine, {"tiny": FailingModel()})
+    with TestClient(app, base_url=LOCAL) as http:
         body = {"model": "tiny", "prompt": "hi"}
         response = http.post("/v1/completions", json=body)
         assert response.status_code == 500
@@ -297,7 +299,7 @@ def test_a_full_queue_gives_503_with_retry_after(tiny_model_dir):
         model = engine.load(str(tiny_model_dir), name="tiny")
         gate = hold(engine)
         waiting = model.stream("hi", max_tokens=1)  # fills the one queue slot
-        with TestClient(make_app(engine, {"tiny": model})) as http:
+        with TestClient(make_app(engine, {"tiny": model}), base_url=LOCAL) as http:
             body = {"model": "tiny", "prompt": "hi", "max_tokens": 2}
             response = http.post("/v1/completions", json=body)
             gate.set()

@@ -44,7 +44,12 @@ def test_speculation_fields_keep_greedy_text(base):
     body = {"model": "tiny", "prompt": "The cat", "max_tokens": 12, "temperature": 0}
     url = f"{base}/v1/completions"
     plain = httpx.post(url, json=body).json()["choices"][0]["text"]
-    for extra in ({"speculation": "lookup"}, {"draft_model": "tiny-draft"}):
+    for extra in (
+        {"speculation": "lookup"},
+        {"draft_model": "tiny-draft"},
+        {"speculation": "auto"},
+        {"speculation": "auto", "draft_model": "tiny-draft"},
+    ):
         reply = httpx.post(url, json=body | extra).json()
         assert reply["choices"][0]["text"] == plain, extra
         assert reply["silica_stats"][0]["acceptance_rate"] is not None
@@ -55,6 +60,7 @@ def test_speculation_fields_keep_greedy_text(base):
     [
         ({"speculation": "guess"}, 400),
         ({"speculation": "draft"}, 400),
+        ({"speculation": "lookup", "draft_model": "tiny-draft"}, 400),
         ({"draft_model": "nope"}, 404),
     ],
 )

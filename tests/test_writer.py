@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import subprocess
+import sys
 import time
 
 import mlx.core as mx
@@ -13,6 +16,7 @@ import pytest
 from convert.writer import (
     MANIFEST,
     STAGING_MARK,
+    _host_tag,
     check_destination,
     remove_stale_staging,
     write_model,
@@ -141,3 +145,43 @@ def test_destination_checks(tmp_path):
     check_destination(tmp_path / "exists", force=True, needed_bytes=1)
     with pytest.raises(OSError, match="Not enough disk space"):
         check_destination(tmp_path / "new", force=False, needed_bytes=1 << 60)
+
+
+def test_stale_staging_of_a_dead_process_is_removed_at_once(tmp_path):
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    host = _host_tag()
+    gone = tmp_path / f".m{STAGING_MARK}{host}-{dead}-abcd"
+    mine = tmp_path / f".m{STAGING_MARK}{host}-{os.getpid()}-abcd"
+    elsewhere = tmp_path / f".m{STAGING_MARK}0badc0de-{dead}-abcd"
+    for path in (gone, mine, elsewhere):
+        path.mkdir()
+    assert remove_stale_staging(tmp_path) == [gone]
+    assert mine.exists() and elsewhere.exists()  # alive, or another host's: kept
+
+
+def test_free_space_is_checked_on_the_nearest_existing_folder(tmp_path, monkeypatch):
+    seen = []
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: seen.append(p) or real(p))
+    check_destination(tmp_path / "a" / "b" / "out", force=False, needed_bytes=1)
+    assert seen == [tmp_path]
+
+
+def test_written_directory_is_not_private_to_its_owner(tmp_path, tiny_model):
+    src, weights, config = tiny_model
+    dst = write_model(
+        tmp_path / "m",
+        iter([weights]),
+        config,
+        save_tokenizer=save_tokenizer_from(src),
+        total=1,
+        progress=False,
+    )
+    # mkdtemp's 0700 would have hidden a shared model directory from other users.
+    (tmp_path / "plain").mkdir()
+    assert dst.stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777
