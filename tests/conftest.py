@@ -54,3 +54,23 @@ def engine():
 def model(engine, tiny_model_dir):
     """The tiny model, loaded as "tiny" on the module's engine."""
     return engine.load(str(tiny_model_dir), name="tiny")
+
+
+# The web UI's handler tests share these (test_webui_app.py has its own variants).
+@pytest.fixture(scope="module")
+def pool(engine, model):
+    from engine import ModelPool
+
+    return ModelPool(engine, {"tiny": model})
+
+
+@pytest.fixture
+def settings(tmp_path):
+    from webui.settings import UISettings
+
+    return UISettings(
+        default_model="tiny",
+        arena_db=tmp_path / "arena.sqlite3",
+        export_dir=tmp_path / "exports",
+        update_interval_s=0.001,
+    )

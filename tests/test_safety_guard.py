@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.safety.guard import HOLD_CHARS, StreamGuard
+from engine.safety.guard import HOLD_CHARS, MAX_WORD, StreamGuard
 from engine.safety.moderate import moderate
 from engine.safety.policy import Policy
 
@@ -102,3 +102,11 @@ def test_warn_findings_pass_through_unchanged():
     guard = StreamGuard(policy=policy)
     shown = "".join(stream(guard, MIXED, [4] * 40))
     assert shown == MIXED and guard.triggered
+
+
+def test_a_run_longer_than_a_word_is_let_through_in_pieces():
+    text = "x" * 3000  # a minified line: no break to wait for
+    guard = StreamGuard()
+    shown = "".join(guard.push(c) for c in text)
+    assert len(shown) >= len(text) - MAX_WORD - HOLD_CHARS
+    assert shown + guard.close() == text

@@ -11,7 +11,6 @@ import pytest
 
 from engine import Engine, ModelPool, SamplingParams
 from webui import chat_handlers as h
-from webui.settings import UISettings
 
 CONTROLS = h.ChatControls(
     model="tiny",
@@ -25,21 +24,6 @@ CONTROLS = h.ChatControls(
     speculation="off",
     draft=None,
 )
-
-
-@pytest.fixture(scope="module")
-def pool(engine, model):
-    return ModelPool(engine, {"tiny": model})
-
-
-@pytest.fixture
-def settings(tmp_path):
-    return UISettings(
-        default_model="tiny",
-        arena_db=tmp_path / "arena.sqlite3",
-        export_dir=tmp_path / "exports",
-        update_interval_s=0.001,
-    )
 
 
 def ask(pool, session, text, settings, **changes) -> list[h.ChatView]:

@@ -4,28 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from engine import ModelPool
 from webui import compare_handlers as h
 from webui.arena import ArenaStore
-from webui.settings import UISettings
 
 GREEDY_SIDE = h.SideControls(model="tiny", temperature=0.0, speculation="off")
 PROMPT = h.CompareControls(prompt="hello there", system="", max_tokens=10, seed=1)
-
-
-@pytest.fixture(scope="module")
-def pool(engine, model):
-    return ModelPool(engine, {"tiny": model})
-
-
-@pytest.fixture
-def settings(tmp_path):
-    return UISettings(
-        default_model="tiny",
-        arena_db=tmp_path / "arena.sqlite3",
-        export_dir=tmp_path / "exports",
-        update_interval_s=0.001,
-    )
 
 
 def run(pool, session, controls, sides, settings) -> list[h.CompareView]:

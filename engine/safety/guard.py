@@ -18,6 +18,7 @@ from engine.safety.policy import Policy
 
 HOLD_CHARS = 48  # the tail held back while more text may complete a span
 CONTEXT_CHARS = 512  # released text rescanned with the new text, for context
+MAX_WORD = 1024  # longest run held whole (a JWT or key fits; a minified line need not)
 # Characters that can continue a number, key, address or e-mail being written.
 _WORDISH = re.compile(r"[A-Za-z0-9_@.+\-/:=%#~]+$")
 
@@ -88,7 +89,8 @@ class StreamGuard:
         end = len(self.text) - self.hold_chars
         if end <= self.released:
             return self.released
-        word = _WORDISH.search(self.text, self.released, end)
+        # A run longer than MAX_WORD (a minified line) is let through in pieces.
+        word = _WORDISH.search(self.text, max(self.released, end - MAX_WORD), end)
         if word and _WORDISH.match(self.text, end):
             end = word.start()  # the run goes on into the held tail: hold all of it
         for f in findings:
