@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import httpx
 import pytest
-import uvicorn
 from openai import OpenAI
 from starlette.testclient import TestClient
 
 from engine import Chunk, Engine
+from engine.loadgen import serving as serve
 from engine.serve_command import add_serve_parser, parse_model_flag
 from engine.server import ServerSettings, make_app
 
@@ -24,24 +22,6 @@ BODY_LIMIT = 1 << 16
 LOCAL = "http://localhost"  # TestClient's default "testserver" fails the Host check
 CHAT = [{"role": "user", "content": "hello there"}]
 LONG = {"model": "tiny", "max_tokens": 240, "n": 16}  # ~12 s of work when not cancelled
-
-
-@contextmanager
-def serve(app):
-    """Run ``app`` with uvicorn on a free local port in a background thread."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]})
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(20)
 
 
 @pytest.fixture(scope="module")
