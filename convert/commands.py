@@ -10,6 +10,7 @@ from convert import catalog
 from convert.conversion import convert_model, plan_conversion
 from convert.errors import ModelFileError
 from convert.options import BITS, DTYPES, GROUP_SIZES, RECIPES, ConvertOptions
+from convert.shards import SHARD_MODES, write_shards
 from convert.source import resolve_source
 
 # Errors that mean "bad input or environment", shown as one line instead of a traceback.
@@ -36,6 +37,7 @@ examples:
   silica convert smollm2-135m-instruct -o models/smollm2-4bit --bits 4
   silica convert ./my-hf-model -o models/my-4bit --bits 4 --group-size 64 --eval
   silica convert ./my-hf-model -o models/my-mixed --recipe mixed_4_6 --dry-run
+  silica convert qwen2.5-coder-0.5b-instruct -o models/q-2x --shards 2
 """
 
 
@@ -93,8 +95,25 @@ def add_convert_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="with --eval, score only the first N tokens of the text (default: all)",
     )
+    _add_shard_flags(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_convert)
+
+
+def _add_shard_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--shards",
+        type=int,
+        metavar="N",
+        help="write N per-rank folders (OUT/rank-R) for `serve --distributed`; "
+        "each host needs only its own",
+    )
+    p.add_argument(
+        "--shard-mode",
+        choices=SHARD_MODES,
+        default="pipeline",
+        help="with --shards: split layers or every layer's matrices (%(default)s)",
+    )
 
 
 def _run_convert(args: argparse.Namespace) -> int:
@@ -119,6 +138,8 @@ def _run_convert(args: argparse.Namespace) -> int:
         raise ValueError("convert needs -o OUT (or --dry-run).")
     if args.eval_tokens is not None and args.eval_tokens < 2:
         raise ValueError(f"--eval-tokens must be at least 2, got {args.eval_tokens}.")
+    if args.shards is not None:
+        return _run_convert_shards(args, options)
     result = convert_model(
         args.src,
         args.output,
@@ -131,6 +152,26 @@ def _run_convert(args: argparse.Namespace) -> int:
     print(f"wrote    {result.path}")
     if result.quality:
         print(result.quality.render())
+    return 0
+
+
+def _run_convert_shards(args: argparse.Namespace, options: ConvertOptions) -> int:
+    """Convert into a scratch folder, then split it into per-rank folders."""
+    import tempfile
+
+    if args.eval:
+        raise ValueError("--eval does not combine with --shards; evaluate first.")
+    if args.output.exists() and not args.force:
+        raise FileExistsError(f"{args.output} exists; pass --force to replace it.")
+    with tempfile.TemporaryDirectory(
+        prefix=".silica-full-", dir=args.output.resolve().parent
+    ) as scratch:
+        full = Path(scratch) / "model"
+        convert_model(args.src, full, options, progress=not args.quiet)
+        out = write_shards(
+            full, args.output, size=args.shards, mode=args.shard_mode, force=args.force
+        )
+    print(f"wrote    {out} ({args.shards} ranks, {args.shard_mode} mode)")
     return 0
 
 

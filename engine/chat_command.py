@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, TextIO
 
+from engine.load_flags import add_load_flags, load_options
 from engine.runtime import Engine, load
 from engine.safety.flags import add_safety_flags, policy_from_args
 from engine.schema import DEFAULT_MAX_TOKENS, Chunk, SamplingParams, Stats
@@ -84,6 +85,7 @@ def add_generate_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_sampling_flags(p)
     add_safety_flags(p)
+    add_load_flags(p)
     p.add_argument(
         "--draft",
         metavar="M",
@@ -113,6 +115,7 @@ def add_chat_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--system", help="system message sent at the start of each turn")
     add_sampling_flags(p)
     add_safety_flags(p)
+    add_load_flags(p)
     p.set_defaults(func=_run_chat)
 
 
@@ -197,7 +200,7 @@ def _run_generate(args: argparse.Namespace) -> int:
     text = sys.stdin.read() if args.prompt == "-" else args.prompt
     if not text.strip():
         raise ValueError("The prompt is empty; pass --prompt TEXT or pipe it with -.")
-    engine = Engine(safety=policy_from_args(args))
+    engine = Engine(safety=policy_from_args(args), **load_options(args))
     model = engine.load(args.model)
     spec = {"speculation": args.speculation}
     if args.draft:
@@ -283,7 +286,11 @@ def to_messages(turns: Messages, system: str | None) -> list[dict[str, Any]]:
 
 def _run_chat(args: argparse.Namespace) -> int:
     params = to_sampling_params(args)
-    model = load(args.model, safety=policy_from_args(args))
+    model = load(
+        args.model,
+        safety=policy_from_args(args),
+        **load_options(args),
+    )
     if not model.info.has_chat_template:
         raise ValueError(
             f"{args.model} has no chat template; use "

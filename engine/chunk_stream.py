@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 from typing import Any
 
+from engine.schema import Choice, Chunk, Completion, Usage
 from engine.worker import EngineDied, EngineWorker, GroupJob, Job
 
 POLL_S = 0.5  # how often a waiting reader checks that the worker is alive
@@ -44,3 +45,32 @@ class ChunkStream:
         self._job.cancel.set()
 
     close = cancel
+
+
+def completion_of(parts: dict[int, list[Chunk]]) -> Completion:
+    """Whole completions from each choice's chunks (``Model.generate``).
+
+    Raises:
+        RuntimeError: A choice ended in an error.
+    """
+    choices, stats = [], []
+    for index, chunks in parts.items():
+        last = chunks[-1]
+        if last.finish_reason == "error":
+            raise RuntimeError(f"Generation failed: {last.error}")
+        choices.append(
+            Choice(
+                index=index,
+                text="".join(c.text for c in chunks),
+                tokens=tuple(c.token for c in chunks if c.token is not None),
+                finish_reason=last.finish_reason,
+                logprobs=tuple(c.logprob for c in chunks if c.logprob is not None),
+            )
+        )
+        stats.append(last.stats)
+    usage = Usage(
+        prompt_tokens=stats[0].prompt_tokens,
+        completion_tokens=sum(s.completion_tokens for s in stats),
+        cached_tokens=stats[0].cached_tokens,
+    )
+    return Completion(tuple(choices), usage, tuple(stats))

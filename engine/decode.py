@@ -5,7 +5,6 @@ Runs on the engine worker thread only (see worker.py); everything here touches M
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -14,10 +13,12 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.generate import generate_step
 
+from engine.kv_cache import KVOptions
+from engine.memory_budget import head_dim
 from engine.sampling import PENALTY_CONTEXT, to_logits_processors, to_sampler
-from engine.schema import Chunk, ModelInfo, SamplingParams, Stats, TokenLogprob
+from engine.schema import Chunk, ModelInfo, SamplingParams
+from engine.sequence import Sequence
 from engine.speculative import SpecStats, speculative_generate_step
-from engine.stops import StopMatcher
 
 PREFILL_STEP = 512  # prompt tokens per forward while prefilling
 
@@ -80,9 +81,14 @@ def decode(
     Note: ``cache`` is updated in place and holds prompt + generated tokens on return;
     ``produced`` is extended in place.
     """
-    start = time.perf_counter()
-    max_tokens = min(params.max_tokens, loaded.info.context_length - len(tokens))
-    spec = SpecStats() if speculation else None
+    sequence = Sequence(
+        loaded,
+        tokens,
+        params,
+        index=index,
+        cached_tokens=cached_tokens,
+        spec=SpecStats() if speculation else None,
+    )
     steps = _steps(
         loaded,
         tokens,
@@ -91,65 +97,21 @@ def decode(
         cached_tokens,
         index,
         stream,
-        max_tokens=max_tokens,
+        max_tokens=sequence.max_tokens,
         speculation=speculation,
-        spec=spec,
+        spec=sequence.spec,
     )
-    detokenizer = loaded.tokenizer.detokenizer
-    detokenizer.reset()
-    stops = StopMatcher(params.stop)
-    eos = loaded.tokenizer.eos_token_ids
-    finish, generated, first_at, matched = "length", 0, None, False
-    for token, logprobs, *_ in steps:
-        first_at = first_at or time.perf_counter()
-        produced.append(token)
-        if cancelled():
-            finish = "cancelled"
-            break
-        if token in eos:
-            finish = "stop"
-            break
-        generated += 1
-        detokenizer.add_token(token)
-        text, stopped = stops.push(detokenizer.last_segment)
-        logprob = _logprob(loaded, token, logprobs, params) if params.logprobs else None
-        # One chunk per token, even with no text yet (a partial character or a held
-        # stop prefix), so token ids and logprobs stay complete.
-        yield Chunk(text, index=index, token=token, logprob=logprob)
-        if stopped:
-            finish, matched = "stop", True
-            break
-    steps.close()
-    tail = ""
-    if not matched:  # release what the detokenizer and the stop matcher still hold
-        detokenizer.finalize()
-        # A token limit can cut a character in half; drop it rather than show U+FFFD.
-        text, stopped = stops.push(detokenizer.last_segment.rstrip("\ufffd"))
-        tail = text if stopped else text + stops.flush()
-    end = time.perf_counter()
-    first_at = first_at or end
-    stats = Stats(
-        prompt_tokens=len(tokens),
-        cached_tokens=cached_tokens,
-        completion_tokens=generated,
-        ttft_s=first_at - start,
-        prefill_tps=(len(tokens) - cached_tokens) / max(first_at - start, 1e-9),
-        decode_tps=(generated - 1) / (end - first_at) if generated > 1 else 0.0,
-        peak_memory_gb=mx.get_peak_memory() / 1e9,
-        **_speculation_stats(spec),
-    )
-    yield Chunk(tail, index=index, finish_reason=finish, stats=stats)
-
-
-def _speculation_stats(spec: SpecStats | None) -> dict[str, float]:
-    if spec is None:
-        return {}
-    return {
-        "acceptance_rate": spec.acceptance_rate,
-        "tokens_per_forward": spec.tokens_per_forward,
-        "draft_s": spec.draft_time_s,
-        "verify_s": spec.verify_time_s,
-    }
+    try:
+        for token, logprobs, *_ in steps:
+            chunk = sequence.push(token, logprobs, cancelled=cancelled())
+            if chunk is not None:
+                yield chunk
+            if sequence.finish_reason:
+                break
+    finally:
+        steps.close()
+        produced.extend(sequence.produced)
+    yield sequence.finish()
 
 
 def _steps(
@@ -166,7 +128,7 @@ def _steps(
     spec,
 ):
     """mlx-lm's generate_step, or exact speculative decoding with the same yields."""
-    processors = _with_prefix(params, tokens[:cached])
+    processors = with_prefix(params, tokens[:cached])
     if speculation is None:
         return generate_step(
             mx.array(tokens[cached:]),
@@ -177,6 +139,9 @@ def _steps(
             logits_processors=processors,
             prompt_cache=cache,
             prefill_step_size=PREFILL_STEP,
+            kv_bits=loaded.info.kv_bits,
+            kv_group_size=kv_group_size(loaded),
+            quantized_kv_start=0,  # as admitted: every token's KV at kv_bits
         )
     draft = speculation.draft
     return speculative_generate_step(
@@ -198,7 +163,14 @@ def _steps(
     )
 
 
-def _with_prefix(params: SamplingParams, prefix: list[int]) -> list:
+def kv_group_size(loaded: LoadedModel) -> int:
+    """The KV quantization group for the model (64 unless its heads need 32)."""
+    if not loaded.info.kv_bits:
+        return 64  # unused: the cache is not quantized
+    return KVOptions(loaded.info.kv_bits).group_size(head_dim(loaded.config))
+
+
+def with_prefix(params: SamplingParams, prefix: list[int]) -> list:
     """Processors that also see the cached part of the prompt, as on a cold run."""
     processors = to_logits_processors(params)
     if not processors or not prefix:
@@ -208,18 +180,3 @@ def _with_prefix(params: SamplingParams, prefix: list[int]) -> list:
         lambda seen, logits, p=p: p(mx.concatenate([head, seen]), logits)
         for p in processors
     ]
-
-
-def _logprob(
-    loaded: LoadedModel, token: int, logprobs: mx.array, params: SamplingParams
-) -> TokenLogprob:
-    decode_one = loaded.tokenizer.decode
-    top: tuple[tuple[int, str, float], ...] = ()
-    if params.top_logprobs:
-        ids = mx.argpartition(-logprobs, kth=params.top_logprobs - 1)[
-            : params.top_logprobs
-        ]
-        values = logprobs[ids].tolist()
-        pairs = sorted(zip(ids.tolist(), values, strict=True), key=lambda p: -p[1])
-        top = tuple((i, decode_one([i]), v) for i, v in pairs)
-    return TokenLogprob(token, decode_one([token]), logprobs[token].item(), top)

@@ -82,9 +82,22 @@ def kv_bytes_per_token(config: Mapping[str, Any], dtype_bytes: int) -> int:
     layers = config.get("num_hidden_layers") or config.get("n_layer") or 0
     heads = config.get("num_attention_heads") or config.get("n_head") or 1
     kv_heads = config.get("num_key_value_heads") or heads
+    return int(layers) * int(kv_heads) * head_dim(config) * 2 * dtype_bytes
+
+
+def head_dim(config: Mapping[str, Any]) -> int:
+    """Values per attention head (the last axis of the KV cache)."""
+    config = config.get("text_config") or config
+    heads = config.get("num_attention_heads") or config.get("n_head") or 1
     hidden = config.get("hidden_size") or config.get("n_embd") or 0
-    head_dim = config.get("head_dim") or hidden // heads
-    return int(layers) * int(kv_heads) * int(head_dim) * 2 * dtype_bytes
+    return int(config.get("head_dim") or hidden // heads)
+
+
+def quantized_kv_bytes(full: int, dtype_bytes: int, bits: int, group: int = 64) -> int:
+    """KV bytes per token once quantized: ``bits`` per value plus a scale and a bias
+    (activation dtype) per ``group`` values; ``full`` is the unquantized figure."""
+    values = full // dtype_bytes
+    return values * bits // 8 + values // group * 2 * dtype_bytes
 
 
 def weight_file_bytes(path: Path) -> int:
@@ -100,6 +113,7 @@ class Held:
 
     weights: int
     kv_per_token: int
+    max_kv_tokens: int | None = None  # a rotating cache holds no more than this
 
 
 class MemoryLedger:
@@ -117,9 +131,15 @@ class MemoryLedger:
         with self._lock:
             return sum(h.weights for n, h in self._models.items() if n != without)
 
-    def record(self, name: str, weights: int, kv_per_token: int) -> None:
+    def record(
+        self,
+        name: str,
+        weights: int,
+        kv_per_token: int,
+        max_kv_tokens: int | None = None,
+    ) -> None:
         with self._lock:
-            self._models[name] = Held(weights, kv_per_token)
+            self._models[name] = Held(weights, kv_per_token, max_kv_tokens)
 
     def forget(self, name: str) -> None:
         with self._lock:
@@ -128,6 +148,11 @@ class MemoryLedger:
     def _kv_per_token(self, name: str) -> int:
         held = self._models.get(name)
         return held.kv_per_token if held else 0
+
+    def _kv_tokens(self, name: str, tokens: int) -> int:
+        held = self._models.get(name)
+        cap = held.max_kv_tokens if held else None
+        return tokens if cap is None else min(tokens, cap)
 
     def check_load(self, name: str, nbytes: int) -> None:
         """Refuse to load ``nbytes`` of weights the budget has no room for.
@@ -161,7 +186,9 @@ class MemoryLedger:
             InsufficientMemory: Says what is needed and how many tokens would fit.
         """
         with self._lock:
-            per_token = [(self._kv_per_token(m), t) for m, t in needs]
+            per_token = [
+                (self._kv_per_token(m), self._kv_tokens(m, t)) for m, t in needs
+            ]
         kv = sum(size * tokens for size, tokens in per_token)
         tokens = sum(tokens for _, tokens in per_token)
         weights = self.held()

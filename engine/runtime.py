@@ -11,25 +11,26 @@ from typing import TYPE_CHECKING, Any
 from jinja2 import TemplateError
 
 from convert import model_dir
-from engine.chunk_stream import ChunkStream
+from engine.chunk_stream import ChunkStream, completion_of
+from engine.compute_format import check_compute_format
+from engine.kv_cache import KVOptions
 from engine.loader import load_into, unload_from
 from engine.memory_budget import InsufficientMemory, MemoryLedger, weight_file_bytes
 from engine.safety.policy import Policy
 from engine.safety.screen import GuardedStream, screen_prompt
 from engine.schema import (
-    Choice,
     Chunk,
     Completion,
     MemoryInfo,
     ModelInfo,
     SamplingParams,
-    Usage,
     check_text,
 )
 from engine.speculative import check_draft
 from engine.worker import (
     EngineWorker,
     GenerateRequest,
+    Job,
     memory_info,
 )
 
@@ -137,10 +138,14 @@ class Model:
         request = self.prepare(
             prompt, params, draft=draft, speculation=speculation, **kwargs
         )
-        chunks = ChunkStream(self._engine.worker.generate(request), self._engine.worker)
+        chunks = ChunkStream(self._submit(request), self._engine.worker)
         if policy is None:
             return chunks
         return GuardedStream(chunks, policy, verdict, request.params.n)
+
+    def _submit(self, request: GenerateRequest) -> Job:
+        """Queue the request on the worker (a distributed model runs it in lockstep)."""
+        return self._engine.worker.generate(request)
 
     def prepare(
         self,
@@ -169,6 +174,12 @@ class Model:
         return request
 
     def _speculation(self, draft: Model | None, speculation: str | None) -> dict:
+        if (draft or speculation) and (self.info.kv_bits or self.info.max_kv_size):
+            raise ValueError(
+                f"{self.name} keeps a quantized or rotating KV cache, which cannot be "
+                "rolled back; drop the speculation or load it without kv_bits and "
+                "max_kv_size."
+            )
         if speculation not in (None, "lookup", "draft", "auto"):
             raise ValueError(
                 f"speculation must be 'lookup', 'draft' or 'auto', got {speculation!r}."
@@ -198,7 +209,7 @@ class Model:
         parts: dict[int, list[Chunk]] = {i: [] for i in range(params.n)}
         for chunk in self.stream(prompt, params, draft=draft, speculation=speculation):
             parts[chunk.index].append(chunk)
-        return _completion(parts)
+        return completion_of(parts)
 
     def _fit(self, tokens: list[int], params: SamplingParams) -> SamplingParams:
         """``params`` with max_tokens cut to the context left after the prompt."""
@@ -230,30 +241,6 @@ def _is_token_ids(prompt: object) -> bool:
     return ids and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
 
 
-def _completion(parts: dict[int, list[Chunk]]) -> Completion:
-    choices, stats = [], []
-    for index, chunks in parts.items():
-        last = chunks[-1]
-        if last.finish_reason == "error":
-            raise RuntimeError(f"Generation failed: {last.error}")
-        choices.append(
-            Choice(
-                index=index,
-                text="".join(c.text for c in chunks),
-                tokens=tuple(c.token for c in chunks if c.token is not None),
-                finish_reason=last.finish_reason,
-                logprobs=tuple(c.logprob for c in chunks if c.logprob is not None),
-            )
-        )
-        stats.append(last.stats)
-    usage = Usage(
-        prompt_tokens=stats[0].prompt_tokens,
-        completion_tokens=sum(s.completion_tokens for s in stats),
-        cached_tokens=stats[0].cached_tokens,
-    )
-    return Completion(tuple(choices), usage, tuple(stats))
-
-
 class Engine:
     """Owns the engine thread and the models it holds; use as a context manager.
 
@@ -264,6 +251,14 @@ class Engine:
         memory_budget: Bytes the weights and KV caches may take together; loads and
             requests beyond it raise ``InsufficientMemory``. Default: MLX's
             recommended working set on Metal, else 75% of physical RAM.
+        compute_format: How loaded models compute: ``auto`` (default) widens
+            quantized or half-precision weights to float32 where that is faster on
+            this backend (MLX's CPU) and fits the budget; ``stored`` keeps the file's
+            format; ``float32`` always widens. ``Model.info`` says what was chosen.
+        kv_bits: Quantize every loaded model's KV cache to 4 or 8 bits.
+        max_kv_size: Keep only the last this many tokens of each KV cache (rotating).
+            Either saves memory (admission counts it) but turns off batching, the
+            prompt cache and speculation for those models.
         **worker_options: ``max_queue``, ``prompt_cache_bytes``, ... of the worker.
     """
 
@@ -272,11 +267,17 @@ class Engine:
         *,
         safety: Policy | None = DEFAULT_POLICY,
         memory_budget: int | None = None,
+        compute_format: str = "auto",
+        kv_bits: int | None = None,
+        max_kv_size: int | None = None,
         **worker_options: Any,
     ) -> None:
         if memory_budget is not None and memory_budget < 1:
             raise ValueError(f"memory_budget must be >= 1 byte, got {memory_budget}.")
+        check_compute_format(compute_format)
         self.safety = safety
+        self.compute_format = compute_format
+        self.kv = KVOptions(kv_bits, max_kv_size)  # raises ValueError when invalid
         self.worker = EngineWorker(memory_budget=memory_budget, **worker_options)
         self.worker.start()
         self._finalizer = weakref.finalize(self, self.worker.stop)
@@ -302,14 +303,26 @@ class Engine:
         path = model_dir(name_or_path)
         name = name or name_or_path
         self.ledger.check_load(name, weight_file_bytes(path))
-        loaded = self.worker.call(lambda models: load_into(models, name, path)).result()
+        room = self.memory_budget - self.ledger.held(without=name)
+        loaded = self.worker.call(
+            lambda models: load_into(
+                models,
+                name,
+                path,
+                compute_format=self.compute_format,
+                room=room,
+                kv=self.kv,
+            )
+        ).result()
         info = loaded.info
         try:  # the files can understate it (a dtype widened while loading)
             self.ledger.check_load(name, round(info.memory_gb * 1e9))
         except InsufficientMemory:
             self.worker.call(lambda models: unload_from(models, name)).result()
             raise
-        self.ledger.record(name, round(info.memory_gb * 1e9), info.kv_bytes_per_token)
+        self.ledger.record(
+            name, round(info.memory_gb * 1e9), info.kv_bytes_per_token, info.max_kv_size
+        )
         return Model(self, name, info, loaded.tokenizer)
 
     def unload(self, name: str) -> None:

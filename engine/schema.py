@@ -224,6 +224,13 @@ class ModelInfo:
         has_chat_template: Whether messages can be formatted.
         kv_bytes_per_token: KV-cache bytes per token of context (layers x kv_heads x
             head_dim x 2 x dtype bytes); what memory admission counts.
+        stored_format: The weights' format on disk: ``4-bit``, ``bfloat16``, ...
+        compute_format: The format it computes in (``float32`` when widened because
+            that is faster on this backend; see ``engine/compute_format.py``).
+        format_reason: Why that format was chosen.
+        kv_bits: KV cache quantized to this many bits (4 or 8), or None.
+        max_kv_size: The KV cache keeps only the last this many tokens (a rotating
+            cache), or None for all of them.
     """
 
     name: str
@@ -234,6 +241,11 @@ class ModelInfo:
     context_length: int
     has_chat_template: bool
     kv_bytes_per_token: int = 0
+    stored_format: str = ""
+    compute_format: str = ""
+    format_reason: str = ""
+    kv_bits: int | None = None
+    max_kv_size: int | None = None
 
 
 @dataclass(frozen=True)

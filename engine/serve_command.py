@@ -12,12 +12,16 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import replace
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 from convert import DEFAULT_MODEL
+from engine import fast_blas
+from engine.distributed import add_distributed_flags, join_cluster
+from engine.load_flags import add_load_flags, load_options
 from engine.model_pool import DEFAULT_MODEL_ROOTS, ModelPool, model_name
 from engine.runtime import Engine
 from engine.safety.flags import add_safety_flags, policy_from_args
@@ -107,6 +111,7 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     _add_limit_flags(p)
     _add_ui_flags(p)
+    add_distributed_flags(p)
     p.set_defaults(func=run_serve)
 
 
@@ -143,6 +148,7 @@ def _add_limit_flags(p: argparse.ArgumentParser) -> None:
 def _add_ui_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-ui", action="store_true", help="serve the API only")
     add_safety_flags(p)
+    add_load_flags(p)
     p.add_argument(
         "--share",
         action="store_true",
@@ -198,17 +204,30 @@ def run_serve(args: argparse.Namespace) -> int:
         raise ValueError(f"Two --model flags share a name: {names}; use NAME=M.")
     settings = settings_from_args(args)
     _check_exposure(args, settings.api_key)
+    cluster = join_cluster(args)  # None without --distributed
+    if cluster is not None and not cluster.is_leader:
+        return cluster.follow(specs[0][1])  # ranks > 0 serve nothing
     budget = args.memory_budget_gb
     engine = Engine(
         max_queue=args.max_queue,
         safety=policy_from_args(args),
+        **load_options(args),
         memory_budget=None if budget is None else int(budget * 1e9),
     )
-    with engine:
-        pool = ModelPool(engine, roots=args.model_root or DEFAULT_MODEL_ROOTS)
+    with engine, cluster or nullcontext():
+        # With --distributed the first model is sharded; the rest load on rank 0.
+        sharded = {}
+        if cluster is not None:
+            sharded[names[0]] = cluster.load(engine, specs[0][1], name=names[0])
+        pool = ModelPool(engine, sharded, roots=args.model_root or DEFAULT_MODEL_ROOTS)
         for name, src in specs:
             print(f"loading {src} as {name!r}", file=sys.stderr)
-            pool.load(src, name=name)
+            info = (sharded.get(name) or pool.load(src, name=name)).info
+            print(
+                f"  {info.stored_format} weights, computing in {info.compute_format} "
+                f"({info.format_reason}); BLAS: {fast_blas.in_use()}",
+                file=sys.stderr,
+            )
         app = make_app(engine, pool, settings)
         ui = None if args.no_ui else _find_ui()
         if ui is not None:

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from engine import fast_blas
 from engine.http_guard import check_key, install_guards, read_body
 from engine.memory_budget import InsufficientMemory
 from engine.moderation_api import moderation_json, parse_moderation
@@ -115,6 +116,7 @@ def _add_info_routes(
             "status": "ok" if alive else "engine stopped",
             "models": list(models),
             "queued": engine.worker.queued,
+            "blas": fast_blas.in_use(),
         }
         return JSONResponse(body, status_code=200 if alive else 503)
 
@@ -137,6 +139,8 @@ def _model_json(name: str, model: Model) -> dict[str, Any]:
         "created": 0,
         "owned_by": "silica",
         "context_length": model.info.context_length,
+        "stored_format": model.info.stored_format,
+        "compute_format": model.info.compute_format,
     }
 
 

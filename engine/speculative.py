@@ -260,7 +260,7 @@ def _prefill(model: nn.Module, cache: list[Any], tokens: list[int], step: int) -
         mx.eval([c.state for c in cache])
 
 
-def _normalize(
+def normalize(
     logits: mx.array, seen: Callable[[int], mx.array], processors: list
 ) -> mx.array:
     """Log-softmax of each row after the processors; row j sees ``seen(j)``."""
@@ -286,7 +286,7 @@ def _round(run: _Run, budget: int, k: int) -> list[tuple[int, mx.array, bool]]:
     logits = _forward(run.model, run.cache, inputs)[-len(drafts) - 1 :]
     seen = mx.array(run.tokens[run.seen_from :] + drafts if run.processors else [])
     size = len(run.tokens) - run.seen_from
-    logprobs = _normalize(logits, lambda j: seen[: size + j], run.processors)
+    logprobs = normalize(logits, lambda j: seen[: size + j], run.processors)
     n, token = accept_drafts(logprobs, drafts, q, run.scale, keys)
     _trim(run.cache, len(drafts) - n)
     run.target_len = len(run.tokens) + n
@@ -309,11 +309,18 @@ def _count(run: _Run, drafted: int, n: int, times: tuple[float, float]) -> None:
     run.stats.target_forwards += 1
     run.stats.draft_time_s += times[0]
     run.stats.verify_time_s += times[1]
-    if run.k_max and drafted:
-        if n == drafted:
-            run.k = min(run.k + 1, run.k_max)
-        elif 2 * n < drafted:
-            run.k = max(run.k - 1, 1)
+    run.k = next_k(run.k, run.k_max, drafted, n)
+
+
+def next_k(k: int, k_max: int, drafted: int, accepted: int) -> int:
+    """Adaptive k: up after a round that accepts all, down when under half
+    (unchanged when ``k_max`` is 0: not adaptive)."""
+    if k_max and drafted:
+        if accepted == drafted:
+            return min(k + 1, k_max)
+        if 2 * accepted < drafted:
+            return max(k - 1, 1)
+    return k
 
 
 def _draft(
@@ -358,7 +365,7 @@ def _draft_with_model(
     for i in range(k):
         logits = _forward(run.draft_model, run.draft_cache, inputs)[-1:]
         seen = mx.concatenate([base, mx.array(drafts, mx.int32)])
-        logprobs = _normalize(logits, lambda _, s=seen: s, run.processors)
+        logprobs = normalize(logits, lambda _, s=seen: s, run.processors)
         if run.scale is None:
             inputs = mx.argmax(logprobs, axis=-1)
             sure = logprobs[0, inputs[0]]

@@ -2,26 +2,30 @@
 
 MLX streams belong to the thread that made them (DESIGN.md, "One thread owns MLX"),
 so callers on any thread hand work to this thread and read chunks from a queue.
-Tasks run one at a time, in arrival order. A group task (``generate_together``, the
-web UI's Compare tab) steps its generations in turns, one token each, so they stream
-side by side; each keeps its own cache, random key and stats.
+Generations of one model decode together, one batched forward per step
+(``engine.scheduler``): requests join between steps and leave when they end; calls
+(loads, memory reads) run between steps. A group task (``generate_together``, the
+web UI's Compare tab) starts its sides together so they stream side by side, one
+token each per step; each keeps its own cache, random key and stats.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 import mlx.core as mx
 
-from engine.decode import LoadedModel, Speculation, decode
-from engine.kv_cache import LRUPromptCache, make_prompt_cache, trim_prompt_cache
+from engine.decode import LoadedModel
+from engine.kv_cache import LRUPromptCache
 from engine.memory_budget import default_memory_budget, physical_memory
-from engine.schema import Chunk, MemoryInfo, SamplingParams
+from engine.scheduler import Scheduler, Ticket
+from engine.schema import MemoryInfo, SamplingParams
 
 DEFAULT_MAX_QUEUE = 64
 DEFAULT_PROMPT_CACHE_BYTES = 2 << 30
@@ -71,7 +75,12 @@ class GroupJob:
 
 
 class EngineWorker(threading.Thread):
-    """Owns MLX: models, KV caches, the prompt cache and the generation stream."""
+    """Owns MLX: models, KV caches, the prompt cache and the generation stream.
+
+    ``max_queue`` bounds the tasks waiting to start, and the generation tasks in
+    flight to ``max_queue + 1`` (what one running task and a full queue held
+    when tasks ran one at a time).
+    """
 
     def __init__(
         self,
@@ -82,7 +91,10 @@ class EngineWorker(threading.Thread):
     ) -> None:
         super().__init__(name="silica-engine", daemon=True)
         self.memory_budget = memory_budget  # None: the device's default, set in run
-        self._tasks: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._max_queue = max_queue
+        self._tasks: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._waiting = self._in_flight = 0  # generation tasks; under _lock
         self._models: dict[str, LoadedModel] = {}
         self._prompt_cache = LRUPromptCache(
             max_size=PROMPT_CACHE_ENTRIES, max_bytes=prompt_cache_bytes
@@ -90,7 +102,8 @@ class EngineWorker(threading.Thread):
         self._stream: mx.Stream | None = None
 
     def call(self, fn: Callable[[dict[str, LoadedModel]], Any]) -> Future:
-        """Run ``fn(models)`` on the worker thread; the future holds its result."""
+        """Run ``fn(models)`` on the worker thread (between decode steps); the
+        future holds its result."""
         future: Future = Future()
         self._put(("call", fn, future))
         return future
@@ -103,65 +116,108 @@ class EngineWorker(threading.Thread):
             EngineDied: The worker thread is gone.
         """
         job = Job(request)
-        self._put(("generate", job, None))
+        self._put(("generate", job, None), counted=True)
         return job
 
     def generate_together(
         self, requests: Sequence[GenerateRequest], *, interleave: bool = True
     ) -> GroupJob:
-        """Queue generations as one task: in turns when ``interleave``, else in order.
+        """Queue generations as one task: side by side when ``interleave`` (they
+        start together), else one after another.
 
         Raises:
             EngineBusy: The queue is full.
             EngineDied: The worker thread is gone.
         """
         job = GroupJob(tuple(requests), interleave)
-        self._put(("together", job, None))
+        self._put(("together", job, None), counted=True)
         return job
 
     @property
     def queued(self) -> int:
-        """Tasks waiting (the running one not included)."""
-        return self._tasks.qsize()
+        """Tasks waiting to start (running ones not included)."""
+        return self._waiting
 
     @property
     def max_queue(self) -> int:
         """Tasks that may wait at most; more raise ``EngineBusy``."""
-        return self._tasks.maxsize
+        return self._max_queue
 
     def stop(self, timeout: float | None = 10.0) -> None:
-        """Finish the running task, drop the rest and end the thread."""
+        """End running generations as cancelled, drop queued ones, end the thread."""
         if self.is_alive():
             self._tasks.put(("stop", None, None))
             self.join(timeout)
 
-    def _put(self, task: tuple) -> None:
+    def _put(self, task: tuple, *, counted: bool = False) -> None:
+        """Queue a task; ``counted`` ones (generations) also count as in flight."""
         if not self.is_alive():
             raise EngineDied("The engine thread has stopped; create a new engine.")
-        try:
-            self._tasks.put_nowait(task)
-        except queue.Full as e:
-            raise EngineBusy(
-                f"The engine queue is full ({self._tasks.maxsize} requests waiting); "
-                "retry later."
-            ) from e
+        with self._lock:
+            if self._waiting >= self._max_queue or (
+                counted and self._in_flight > self._max_queue
+            ):
+                raise EngineBusy(
+                    f"The engine queue is full ({self._max_queue} requests "
+                    "waiting); retry later."
+                )
+            self._waiting += 1
+            self._in_flight += counted
+        self._tasks.put(task)
+
+    def _task_started(self) -> None:
+        with self._lock:
+            self._waiting -= 1
 
     def run(self) -> None:
         self._stream = mx.new_stream(mx.default_device())
         if self.memory_budget is None:
             self.memory_budget = default_memory_budget(mx.device_info())
+        scheduler = Scheduler(
+            self._models, self._prompt_cache, self._stream, make_room=self._make_room
+        )
         try:
-            while (task := self._tasks.get())[0] != "stop":
-                kind, payload, future = task
-                if kind == "call":
-                    self._run_call(payload, future)
-                elif kind == "together":
-                    self._run_together(payload)
-                else:
-                    self._run_generate(payload)
+            while self._take(scheduler):
+                scheduler.tick()
+            scheduler.drain()
         finally:
             self._models.clear()
             mx.clear_streams()
+
+    def _take(self, scheduler: Scheduler) -> bool:
+        """Run queued calls and hand queued jobs to the scheduler; wait for work
+        when it has none. False once asked to stop."""
+        while True:
+            try:
+                task = self._tasks.get(block=not scheduler.busy)
+            except queue.Empty:
+                return True
+            kind, payload, future = task
+            if kind == "stop":
+                return False
+            if kind == "call":
+                self._task_started()
+                self._run_call(payload, future)
+            else:
+                scheduler.submit(self._ticket(kind, payload))
+
+    def _ticket(self, kind: str, job: Job | GroupJob) -> Ticket:
+        """A scheduler ticket for ``job``: chunks to ``job.out``, then None."""
+        if kind == "together":
+            sides, interleave = list(enumerate(job.requests)), job.interleave
+            put = lambda side, chunk: job.out.put((side, chunk))  # noqa: E731
+        else:
+            sides, interleave = [(0, job.request)], True
+            put = lambda side, chunk: job.out.put(chunk)  # noqa: E731
+
+        def done() -> None:
+            with self._lock:
+                self._in_flight -= 1
+            job.out.put(None)
+
+        return Ticket(
+            deque(sides), put, done, job.cancel, interleave, started=self._task_started
+        )
 
     def _run_call(self, fn: Callable, future: Future) -> None:
         if not future.set_running_or_notify_cancel():
@@ -171,87 +227,6 @@ class EngineWorker(threading.Thread):
         except Exception as e:  # noqa: BLE001 - the caller receives it through the future
             future.set_exception(e)
 
-    def _run_generate(self, job: Job) -> None:
-        try:
-            for chunk in self._chunks(job.request, job.cancel.is_set):
-                job.out.put(chunk)
-        except Exception as e:  # one bad request must not stop the engine
-            job.out.put(_error_chunk(e))
-        finally:
-            job.out.put(None)
-
-    def _run_together(self, job: GroupJob) -> None:
-        """Step the sides in turns (one chunk each), or one after another."""
-        sides = {
-            side: self._chunks(request, job.cancel.is_set)
-            for side, request in enumerate(job.requests)
-        }
-        try:
-            while sides:
-                for side, chunks in list(sides.items()):
-                    try:
-                        chunk = next(chunks)
-                    except StopIteration:
-                        del sides[side]
-                        continue
-                    except Exception as e:  # one failing side must not stop the others
-                        del sides[side]
-                        chunk = _error_chunk(e)
-                    job.out.put((side, chunk))
-                    if not job.interleave:
-                        break
-        finally:
-            for chunks in sides.values():
-                chunks.close()
-            job.out.put(None)
-
-    def _chunks(
-        self, request: GenerateRequest, cancelled: Callable[[], bool]
-    ) -> Iterator[Chunk]:
-        """Every chunk of the request's ``n`` completions, in order."""
-        for index in range(request.params.n):
-            if cancelled():
-                yield Chunk("", index=index, finish_reason="cancelled")
-                continue
-            yield from self._complete(request, index, cancelled)
-
-    def _complete(
-        self, request: GenerateRequest, index: int, cancelled: Callable[[], bool]
-    ) -> Iterator[Chunk]:
-        loaded = self._loaded(request.model)
-        tokens = list(request.tokens)
-        self._make_room(loaded, len(tokens) + request.params.max_tokens)
-        cache, rest = self._prompt_cache.fetch_nearest_cache(request.model, tokens)
-        if cache is None:
-            cache, rest = make_prompt_cache(loaded.model), tokens
-        cached = len(tokens) - len(rest)
-        if cached == len(tokens):  # the model needs one token to produce logits
-            trim_prompt_cache(cache, 1)
-            cached -= 1
-        speculation = None
-        if request.speculation:
-            draft = self._loaded(request.draft_model) if request.draft_model else None
-            speculation = Speculation(
-                draft, request.num_draft_tokens, request.speculation == "auto"
-            )
-        produced: list[int] = []
-        yield from decode(
-            loaded,
-            tokens,
-            request.params,
-            cache=cache,
-            cached_tokens=cached,
-            index=index,
-            stream=self._stream,
-            produced=produced,
-            speculation=speculation,
-            cancelled=cancelled,
-        )
-        held = cache[0].offset
-        self._prompt_cache.insert_cache(
-            request.model, (tokens + produced)[:held], cache
-        )
-
     def _make_room(self, loaded: LoadedModel, tokens: int) -> None:
         """Drop prompt-cache entries until a cache of ``tokens`` fits the budget."""
         need = loaded.info.kv_bytes_per_token * tokens
@@ -259,15 +234,6 @@ class EngineWorker(threading.Thread):
         if over > 0 and self._prompt_cache.nbytes:
             self._prompt_cache.trim_to(n_bytes=self._prompt_cache.nbytes - over)
             mx.clear_cache()
-
-    def _loaded(self, name: str) -> LoadedModel:
-        if name not in self._models:
-            raise ValueError(f"The model {name!r} is not loaded on this engine.")
-        return self._models[name]
-
-
-def _error_chunk(e: Exception) -> Chunk:
-    return Chunk("", finish_reason="error", error=f"{type(e).__name__}: {e}")
 
 
 def memory_info() -> MemoryInfo:

@@ -13,7 +13,7 @@ import pytest
 from openai import OpenAI
 from starlette.testclient import TestClient
 
-from engine import Chunk, Engine
+from engine import Chunk, Engine, fast_blas
 from engine.loadgen import serving as serve
 from engine.serve_command import add_serve_parser, parse_model_flag
 from engine.server import ServerSettings, make_app
@@ -48,12 +48,15 @@ def healthy(base):
     return httpx.get(f"{base}/health").json()
 
 
-def test_models_and_health(base, client):
+def test_models_and_health(base, client, model):
     [info] = client.models.list().data
     assert info.id == "tiny" and info.object == "model"
     assert info.model_extra["context_length"] == 256
     assert client.models.retrieve("tiny").id == "tiny"
-    assert healthy(base) == {"status": "ok", "models": ["tiny"], "queued": 0}
+    health = healthy(base)
+    assert health.pop("blas") == fast_blas.in_use()  # what runs the matmuls
+    assert health == {"status": "ok", "models": ["tiny"], "queued": 0}
+    assert info.model_extra["compute_format"] == model.info.compute_format
 
 
 def test_chat_matches_the_engine_and_stops_at_max_tokens(client, model):

@@ -1,0 +1,169 @@
+/* cblas_sgemm for skinny products, preloaded ahead of OpenBLAS (engine/fast_blas.py).
+ *
+ * MLX's CPU backend runs every float32 matmul through cblas_sgemm. A decode step of an
+ * LLM multiplies a few activation rows by each weight matrix; OpenBLAS's GEMM reads the
+ * weights at a third of the memory bandwidth for such shapes (10 GB/s against 28-40 GB/s
+ * for GEMV on this CPU), and decode is bound by reading the weights. This kernel reads
+ * each weight row once and dots it with every activation row, so M rows cost about as
+ * much as one, and each output element is summed in the same order whatever M is: a
+ * batched or speculative verify forward gives bit-identical rows to a one-row forward.
+ * Every other call goes to the next cblas_sgemm in link order (OpenBLAS).
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stddef.h>
+#include <string.h>
+#include <time.h>
+#if defined(__FMA__)
+#include <immintrin.h>
+#endif
+
+enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };
+
+#ifndef SKINNY_MAX_M
+#define SKINNY_MAX_M 16
+#endif
+#define SKINNY_MIN_WEIGHTS 65536 /* smaller products are not worth a parallel region */
+#define LANES 8
+#define MAX_MR 4 /* activation rows per tile */
+#define MAX_NR 8 /* weight rows per tile */
+#ifndef SKINNY_PARALLEL_WEIGHTS
+#define SKINNY_PARALLEL_WEIGHTS (1L << 18) /* 1 MB of float32 weights */
+#endif
+
+typedef float v8 __attribute__((vector_size(LANES * sizeof(float))));
+typedef void (*sgemm_fn)(int, int, int, int, int, int, float, const float *, int,
+                         const float *, int, float, float *, int);
+
+static sgemm_fn next_sgemm;
+/* Read through ctypes by tests (did the fast path run?) and by `silica bench --profile`
+ * (where decode time goes): calls and nanoseconds in this kernel and in OpenBLAS. */
+long silica_skinny_calls, silica_skinny_ns, silica_blas_calls, silica_blas_ns;
+
+static long now_ns(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return t.tv_sec * 1000000000L + t.tv_nsec;
+}
+
+static inline v8 load8(const float *p) {
+  v8 v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+
+/* An explicit fused multiply-add, so no tile's accumulation differs from another's by
+ * the compiler's choice to contract (or not) a multiply and an add. */
+static inline v8 fma8(v8 a, v8 b, v8 c) {
+#if defined(__FMA__)
+  return (v8)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+#else
+  v8 r;
+  for (int l = 0; l < LANES; l++) r[l] = __builtin_fmaf(a[l], b[l], c[l]);
+  return r;
+#endif
+}
+
+/* Every output element is summed the same way, whichever tile computes it: eight lanes
+ * over k in steps of eight, a fixed pairwise lane reduction, then the k tail in order.
+ * That is what makes row m's result independent of M and of the tiling. */
+static inline float finish(v8 s, const float *x, const float *w, int k, int K) {
+  float t = ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
+  for (; k < K; k++) t = __builtin_fmaf(x[k], w[k], t);
+  return t;
+}
+
+static inline void store(float *c, float value, float alpha, float beta) {
+  *c = beta == 0.0f ? alpha * value : alpha * value + beta * *c;
+}
+
+/* An MR x NR tile: activation rows x[0..MR) against weight rows w[0..NR). MR and NR
+ * are literal constants at every call, so the accumulators stay in registers (MR x NR
+ * accumulators + MR + NR operands must fit the 16 vector registers). */
+static inline __attribute__((always_inline)) void
+tile(const int MR, const int NR, const float *x, int ldx, const float *w, int ldw, int K,
+     float alpha, float beta, float *c, int ldc) {
+  v8 acc[MAX_MR][MAX_NR];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; i++)
+#pragma GCC unroll 8
+    for (int j = 0; j < NR; j++) acc[i][j] = (v8){0};
+  int k = 0;
+  for (; k + LANES <= K; k += LANES) {
+    v8 wv[MAX_NR];
+#pragma GCC unroll 8
+    for (int j = 0; j < NR; j++) wv[j] = load8(w + (size_t)j * ldw + k);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; i++) {
+      v8 xv = load8(x + (size_t)i * ldx + k);
+#pragma GCC unroll 8
+      for (int j = 0; j < NR; j++) acc[i][j] = fma8(xv, wv[j], acc[i][j]);
+    }
+  }
+  for (int i = 0; i < MR; i++)
+    for (int j = 0; j < NR; j++)
+      store(c + (size_t)i * ldc + j,
+            finish(acc[i][j], x + (size_t)i * ldx, w + (size_t)j * ldw, k, K), alpha,
+            beta);
+}
+
+/* Weight rows [n0, n1) against all M activation rows. One row: eight weight rows per
+ * tile (eight independent sums keep the FMA units busy); more rows: 4 x 2 tiles. */
+static void rows(int n0, int n1, int M, const float *A, int lda, const float *B, int ldb,
+                 int K, float alpha, float beta, float *C, int ldc) {
+  int n = n0;
+  if (M == 1) {
+    for (; n + 8 <= n1; n += 8)
+      tile(1, 8, A, lda, B + (size_t)n * ldb, ldb, K, alpha, beta, C + n, ldc);
+  } else {
+    for (; n + 2 <= n1; n += 2) {
+      const float *w = B + (size_t)n * ldb;
+      int m = 0;
+      for (; m + 4 <= M; m += 4)
+        tile(4, 2, A + (size_t)m * lda, lda, w, ldb, K, alpha, beta,
+             C + (size_t)m * ldc + n, ldc);
+      for (; m < M; m++)
+        tile(1, 2, A + (size_t)m * lda, lda, w, ldb, K, alpha, beta,
+             C + (size_t)m * ldc + n, ldc);
+    }
+  }
+  for (; n < n1; n++)
+    for (int m = 0; m < M; m++)
+      tile(1, 1, A + (size_t)m * lda, lda, B + (size_t)n * ldb, ldb, K, alpha, beta,
+           C + (size_t)m * ldc + n, ldc);
+}
+
+/* C[m, n] = alpha * A[m, :] . B[n, :] + beta * C[m, n]  (A: M x K, B: N x K). Waking a
+ * second thread costs more than a small matrix takes to read, so those run on one. */
+static void skinny(int M, int N, int K, float alpha, const float *A, int lda,
+                   const float *B, int ldb, float beta, float *C, int ldc) {
+  if ((long)N * K < SKINNY_PARALLEL_WEIGHTS) {
+    rows(0, N, M, A, lda, B, ldb, K, alpha, beta, C, ldc);
+    return;
+  }
+  const int chunk = 64; /* weight rows per task: a multiple of every tile width */
+  int tasks = (N + chunk - 1) / chunk;
+#pragma omp parallel for schedule(static)
+  for (int t = 0; t < tasks; t++) {
+    int n0 = t * chunk, n1 = n0 + chunk < N ? n0 + chunk : N;
+    rows(n0, n1, M, A, lda, B, ldb, K, alpha, beta, C, ldc);
+  }
+}
+
+void cblas_sgemm(int order, int trans_a, int trans_b, int M, int N, int K, float alpha,
+                 const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                 int ldc) {
+  if (order == ROW_MAJOR && trans_a == NO_TRANS && trans_b == TRANS && M >= 1 &&
+      M <= SKINNY_MAX_M && (long)N * K >= SKINNY_MIN_WEIGHTS) {
+    long start = now_ns();
+    skinny(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    __atomic_add_fetch(&silica_skinny_ns, now_ns() - start, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&silica_skinny_calls, 1, __ATOMIC_RELAXED);
+    return;
+  }
+  if (!next_sgemm) next_sgemm = (sgemm_fn)dlsym(RTLD_NEXT, "cblas_sgemm");
+  long start = now_ns();
+  next_sgemm(order, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  __atomic_add_fetch(&silica_blas_ns, now_ns() - start, __ATOMIC_RELAXED);
+  __atomic_add_fetch(&silica_blas_calls, 1, __ATOMIC_RELAXED);
+}
