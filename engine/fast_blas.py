@@ -97,9 +97,12 @@ def build_shim(cache_dir: Path) -> tuple[Path | None, str]:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler:
         return None, "no C compiler (install gcc for the skinny-GEMM kernel)"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, staging = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, staging = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+    except OSError as e:  # a read-only cache must not stop `silica` from running
+        return None, f"cannot write {target.parent}: {e}"
     # -march=native: the library is built on and for this machine only.
     command = [compiler, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
     try:

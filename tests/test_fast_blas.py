@@ -115,6 +115,13 @@ def test_no_compiler_falls_back_to_openblas_alone(tmp_path, monkeypatch):
     assert plan.reason.startswith("OpenBLAS only")
 
 
+def test_unwritable_cache_falls_back_instead_of_failing(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    shim, why = fast_blas.build_shim(blocker)  # native/ cannot be made under a file
+    assert shim is None and "cannot write" in why
+
+
 def test_no_openblas_says_how_to_install_it(tmp_path, monkeypatch):
     monkeypatch.setenv(fast_blas.OPENBLAS_ENV, str(tmp_path / "missing.so"))
     monkeypatch.setattr(fast_blas, "bundles_reference_blas", lambda: True)
