@@ -91,9 +91,11 @@ def choose(
         return FormatChoice("float32", stored, "as requested")
     fast = seconds.get("float32")
     parts = [seconds.get(part) for part in stored.split("/")]
-    slow = None if None in parts else max(parts)
-    if fast is None or slow is None or fast >= slow:
-        return FormatChoice(stored, stored, f"{stored} is as fast here")
+    if fast is None or None in parts:
+        return FormatChoice(stored, stored, f"no speed measured for {stored}")
+    slow = max(parts)
+    if fast >= slow:
+        return FormatChoice(stored, stored, f"{stored} is at least as fast here")
     return FormatChoice(
         "float32", stored, f"float32 products are {slow / fast:.1f}x faster here"
     )

@@ -37,7 +37,9 @@ def test_choose(requested, stored, widen_gb, room_gb, want):
 def test_choose_keeps_a_format_that_is_faster_than_float32():
     metal_like = {"float32": 4.0, "4-bit": 1.0}
     choice = choose("auto", "4-bit", metal_like, GB, 8 * GB)
-    assert choice.compute == "4-bit" and "as fast" in choice.reason
+    assert choice.compute == "4-bit" and "at least as fast" in choice.reason
+    unmeasured = choose("auto", "3-bit", SPEEDS, GB, 8 * GB)
+    assert unmeasured.compute == "3-bit" and "no speed measured" in unmeasured.reason
 
 
 def test_forcing_float32_that_does_not_fit_says_why():
