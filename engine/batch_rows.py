@@ -1,4 +1,4 @@
-"""Which batch a request joins (plain or lookup) and the row it brings to it."""
+"""Which batch a request joins (plain, lookup or draft) and the row it brings to it."""
 
 from __future__ import annotations
 
@@ -7,16 +7,22 @@ from typing import Any
 import mlx.core as mx
 
 from engine.batch import Batch, Row, can_batch
+from engine.batch_draft import DraftBatch
 from engine.batch_speculative import SpecBatch, SpecRow
 from engine.decode import LoadedModel, with_prefix
 from engine.kv_cache import KVOptions, make_prompt_cache
 from engine.sampling import to_sampler
 from engine.schema import SamplingParams
 
+BatchKey = tuple[str, str, str | None]  # (model, kind, draft model)
 
-def batch_kind(request: Any, loaded: LoadedModel) -> str | None:
-    """Which batch a request joins: "plain", "lookup", or None (not batchable)."""
-    if kv_options(loaded).active or not can_batch(make_prompt_cache(loaded.model)):
+
+def batch_kind(
+    request: Any, loaded: LoadedModel, draft: LoadedModel | None = None
+) -> str | None:
+    """Which batch a request joins: "plain", "lookup", "draft" (``draft`` is the
+    request's draft model), or None (not batchable)."""
+    if not _can_batch(loaded):
         return None
     if request.speculation is None:
         return "plain"
@@ -24,7 +30,19 @@ def batch_kind(request: Any, loaded: LoadedModel) -> str | None:
         request.speculation == "auto" and request.draft_model is None
     ):
         return "lookup"
-    return None
+    if (
+        request.speculation == "draft"
+        and draft is not None
+        and _can_batch(draft)
+        and _same_vocab(loaded, draft)
+    ):
+        return "draft"
+    return None  # "auto" with a draft model picks its source per round, alone
+
+
+def batch_key(request: Any, kind: str) -> BatchKey:
+    """The batch a request of ``kind`` joins: one per model, kind and draft model."""
+    return request.model, kind, request.draft_model if kind == "draft" else None
 
 
 def kv_options(loaded: LoadedModel) -> KVOptions:
@@ -52,10 +70,30 @@ def new_row(kind: str, run: Any, request: Any, index: int, cached: int) -> Row:
     )
 
 
-def new_batch(kind: str, loaded: LoadedModel, stream: mx.Stream) -> Batch | SpecBatch:
-    """An empty batch of ``kind`` for ``loaded``."""
-    return (
-        Batch(loaded.model, stream)
-        if kind == "plain"
-        else SpecBatch(loaded.model, stream)
+def new_batch(
+    kind: str,
+    loaded: LoadedModel,
+    stream: mx.Stream,
+    *,
+    draft: LoadedModel | None = None,
+) -> Batch | SpecBatch:
+    """An empty batch of ``kind`` for ``loaded`` (and ``draft``, for "draft")."""
+    if kind == "plain":
+        return Batch(loaded.model, stream)
+    if kind == "draft":
+        return DraftBatch(loaded.model, draft.model, stream)
+    return SpecBatch(loaded.model, stream)
+
+
+def _can_batch(loaded: LoadedModel) -> bool:
+    """Plain KV caches only: quantized or rotating ones cannot merge or roll back."""
+    return not kv_options(loaded).active and can_batch(make_prompt_cache(loaded.model))
+
+
+def _same_vocab(loaded: LoadedModel, draft: LoadedModel) -> bool:
+    """Logits of one width: the acceptance rule lines p and q up token by token."""
+    size, draft_size = (
+        getattr(getattr(m.model, "args", None), "vocab_size", None)
+        for m in (loaded, draft)
     )
+    return size is not None and size == draft_size

@@ -20,10 +20,11 @@ import mlx.core as mx
 from engine.acceptance import accept_drafts
 from engine.batch import Batch, Row, Step
 from engine.draft_choice import SourceChooser
+from engine.draft_length import next_k
 from engine.kv_cache import dynamic_roll
 from engine.prompt_lookup import lookup_drafts
-from engine.sampling import Scale, to_key, to_scale
-from engine.speculative import MAX_ADAPTIVE_DRAFT, SpecStats, next_k, normalize
+from engine.sampling import Scale, normalize, to_key, to_scale
+from engine.speculative import MAX_ADAPTIVE_DRAFT, SpecStats
 
 
 @dataclass
@@ -134,19 +135,26 @@ class SpecBatch(Batch):
         return rows
 
     def _accept(
-        self, logprobs: list[mx.array], drafts: list[list[int]]
+        self,
+        logprobs: list[mx.array],
+        drafts: list[list[int]],
+        qs: list[mx.array | None] | None = None,
     ) -> list[tuple[int, int]]:
-        """Per row: drafts accepted and the token after them (one eval for greedy)."""
+        """Per row: drafts accepted and the token after them (one eval for greedy).
+
+        ``qs[i]`` (k, vocab) is row i's draft distribution; None: one-hot (lookup).
+        """
         best = [
             mx.argmax(lp, axis=-1) if row.scale is None else None
             for row, lp in zip(self.rows, logprobs, strict=True)
         ]
         mx.eval([b for b in best if b is not None], logprobs)
+        qs = qs or [None] * len(drafts)
         out = []
-        for row, lp, d, b in zip(self.rows, logprobs, drafts, best, strict=True):
+        for row, lp, d, q, b in zip(self.rows, logprobs, drafts, qs, best, strict=True):
             if b is None:  # sampled: the exact rule, with this row's keys
                 out.append(
-                    accept_drafts(lp, d, None, row.scale, row.split_keys(len(d) + 2))
+                    accept_drafts(lp, d, q, row.scale, row.split_keys(len(d) + 2))
                 )
                 continue
             b = b.tolist()  # greedy: accept_drafts's rule without its eval per row
@@ -156,13 +164,22 @@ class SpecBatch(Batch):
 
     def _rollback(self, rejected: list[int]) -> None:
         """Drop each row's rejected positions from the cache (see the module doc)."""
-        low = min(rejected)
-        extra = [r - low for r in rejected]
-        shifted = [i for i, e in enumerate(extra) if e]
-        for c in self.cache:
-            c.trim(low)
-            if shifted:
-                _shift(c, shifted, [extra[i] for i in shifted], mx.array(extra))
+        rollback(self.cache, rejected)
+
+
+def rollback(caches: list[Any], rejected: list[int]) -> None:
+    """Drop the last ``rejected[i]`` positions of row i from every BatchKVCache:
+    trim all by the fewest, shift the others right (see the module doc).
+
+    Note: ``caches`` are updated in place.
+    """
+    low = min(rejected)
+    extra = [r - low for r in rejected]
+    shifted = [i for i, e in enumerate(extra) if e]
+    for c in caches:
+        c.trim(low)
+        if shifted:
+            _shift(c, shifted, [extra[i] for i in shifted], mx.array(extra))
 
 
 def _shift(c: Any, rows: list[int], by: list[int], extra: mx.array) -> None:

@@ -12,8 +12,6 @@ Runs on the engine worker thread (it touches MLX).
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -24,7 +22,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from convert import dequantize_model
-from engine import fast_blas
+from engine import machine_table
 
 COMPUTE_FORMATS = ("auto", "stored", "float32")
 MEASURED = ("float32", "float16", "bfloat16", "8-bit", "4-bit")
@@ -110,20 +108,7 @@ def widen(model: nn.Module) -> None:
 
 def measured_speeds(cache_dir: Path) -> dict[str, float]:
     """Seconds per matrix-vector product in each format, measured once per machine."""
-    key = f"{mx.__version__}-{mx.default_device().type.name}-{fast_blas.in_use()}"
-    path = cache_dir / f"formats-{MEASURE_VERSION}.json"
-    try:
-        table = json.loads(path.read_text())
-    except (OSError, ValueError):
-        table = {}
-    if isinstance(table.get(key), dict):
-        return table[key]
-    table[key] = _measure()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_suffix(f".{os.getpid()}.tmp")
-    staging.write_text(json.dumps(table, indent=1))
-    staging.replace(path)
-    return table[key]
+    return machine_table.measured(cache_dir, f"formats-{MEASURE_VERSION}", _measure)
 
 
 def _measure() -> dict[str, float]:

@@ -13,6 +13,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.generate import generate_step
 
+from engine.draft_length import DraftCosts
 from engine.kv_cache import KVOptions
 from engine.memory_budget import head_dim
 from engine.sampling import PENALTY_CONTEXT, to_logits_processors, to_sampler
@@ -34,6 +35,7 @@ class Speculation:
     draft: LoadedModel | None = None
     num_draft_tokens: int = 4
     auto: bool = False
+    costs: DraftCosts | None = None  # measured forward costs (draft_length)
 
 
 @dataclass
@@ -160,6 +162,7 @@ def _steps(
         prompt_cache=cache,
         prefill_step_size=PREFILL_STEP,
         stats=spec,
+        costs=speculation.costs,
     )
 
 

@@ -1,11 +1,12 @@
 """Auto speculation: each round, draft from whichever source has been paying off.
 
 Sources are prompt lookup, the draft model and plain decoding (no drafts). A round's
-yield is the tokens it emitted per unit of cost, in target forwards: verifying costs
-one forward plus ``VERIFY_COST`` per drafted token, and each draft-model forward costs
-``draft_cost`` (the draft's size relative to the target: decoding is bound by reading
-the weights). Counting cost instead of timing it keeps the choices, and so seeded
-sampling, reproducible. Sources not tried for ``EXPLORE_EVERY`` rounds get tried again.
+yield is the tokens it emitted per unit of cost, in target forwards: verifying d drafts
+costs a forward of d + 1 rows (``row_costs``, measured per machine by
+``engine.draft_length``), and each draft-model forward costs ``draft_cost`` (the
+draft's size relative to the target: decoding is bound by reading the weights).
+Counting cost instead of timing it keeps the choices, and so seeded sampling,
+reproducible. Sources not tried for ``EXPLORE_EVERY`` rounds get tried again.
 """
 
 from __future__ import annotations
@@ -15,9 +16,8 @@ from dataclasses import dataclass, field
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-# Each extra token in a verify forward, in target forwards. Measured here (float32,
-# OpenBLAS): 4 tokens cost ~1.5-1.7 forwards of one, 8 tokens ~1.7.
-VERIFY_COST = 0.15
+from engine.draft_length import RowCosts, default_row_costs, verify_cost
+
 EXPLORE_EVERY = 8
 SOURCES = ("lookup", "model", "plain")  # the order untried sources are tried in
 
@@ -27,6 +27,7 @@ class SourceChooser:
     """Tokens per cost of each source, as a running average, and when last used."""
 
     draft_cost: float = 0.0  # one draft-model forward, in target forwards
+    row_costs: RowCosts = field(default_factory=default_row_costs)
     rates: dict[str, float] = field(default_factory=dict)
     last_used: dict[str, int] = field(default_factory=dict)
     rounds: int = 0
@@ -41,7 +42,7 @@ class SourceChooser:
 
     def record(self, source: str, emitted: int, drafted: int) -> None:
         """Account a round: ``emitted`` tokens after ``drafted`` drafts."""
-        cost = 1.0 + VERIFY_COST * drafted
+        cost = verify_cost(self.row_costs, drafted + 1)
         if source == "model":
             cost += self.draft_cost * drafted
         rate = emitted / cost

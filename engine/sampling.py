@@ -85,3 +85,18 @@ def to_logits_processors(params: SamplingParams) -> list[LogitsProcessor]:
         frequency_penalty=params.frequency_penalty or None,
         frequency_context_size=PENALTY_CONTEXT,
     )
+
+
+def normalize(
+    logits: mx.array, seen: Callable[[int], mx.array], processors: list
+) -> mx.array:
+    """Log-softmax of each row after the processors; row j sees ``seen(j)``."""
+    if processors:
+        rows = []
+        for j in range(logits.shape[0]):
+            row = logits[j : j + 1]
+            for processor in processors:
+                row = processor(seen(j), row)
+            rows.append(row)
+        logits = mx.concatenate(rows)
+    return logits - mx.logsumexp(logits, axis=-1, keepdims=True)

@@ -1,10 +1,11 @@
 """Continuous batching on the engine worker: admit jobs between steps, step, fan out.
 
 Completions of one model decode together (``engine.batch``; with prompt lookup,
-``engine.batch_speculative``): a new request is prefilled on its own (reusing the
-prompt cache), joins its model's batch, and leaves when it ends, its KV going back
-to the prompt cache. What cannot batch (a draft model, a cache of another kind)
-runs through ``engine.decode`` one chunk per tick. Runs on the worker thread only.
+``engine.batch_speculative``; with a draft model, ``engine.batch_draft``): a new
+request is prefilled on its own (reusing the prompt cache), joins its model's batch,
+and leaves when it ends, its KV going back to the prompt cache. What cannot batch
+("auto" with a draft model, a cache of another kind) runs through ``engine.decode``
+one chunk per tick. Runs on the worker thread only.
 """
 
 from __future__ import annotations
@@ -18,10 +19,20 @@ from typing import Any
 
 import mlx.core as mx
 
+from engine import fast_blas
 from engine.batch import Batch, prefill, sample_rows
-from engine.batch_rows import batch_kind, kv_options, new_batch, new_row
+from engine.batch_draft import prefill_draft
+from engine.batch_rows import (
+    BatchKey,
+    batch_key,
+    batch_kind,
+    kv_options,
+    new_batch,
+    new_row,
+)
 from engine.batch_speculative import SpecBatch
 from engine.decode import LoadedModel, Speculation, decode
+from engine.draft_length import measured_costs
 from engine.kv_cache import (
     LRUPromptCache,
     make_prompt_cache,
@@ -94,13 +105,18 @@ class Scheduler:
         self._models, self._prompt_cache, self._stream = models, prompt_cache, stream
         self._make_room, self._max_batch = make_room, max_batch
         self.waiting: deque[Ticket] = deque()
-        self._batches: dict[tuple[str, str], Batch | SpecBatch] = {}
+        self._batches: dict[BatchKey, Batch | SpecBatch] = {}
         self._solos: list[Solo] = []
 
     @property
     def busy(self) -> bool:
         """Whether any job waits or runs."""
         return bool(self.waiting or self._batches or self._solos)
+
+    @property
+    def batches(self) -> dict[BatchKey, int]:
+        """Rows decoding in each batch now, by (model, kind, draft model)."""
+        return {key: len(batch) for key, batch in self._batches.items()}
 
     def submit(self, ticket: Ticket) -> None:
         """Queue a job; it starts at the next tick with a free slot."""
@@ -170,7 +186,8 @@ class Scheduler:
             return
         try:
             loaded = self._loaded(request.model)
-            kind = batch_kind(request, loaded)
+            draft = self._loaded(request.draft_model) if request.draft_model else None
+            kind = batch_kind(request, loaded, draft)
             if kind is None or alone:
                 self._solos.append(Solo(ticket, side, self._solo(request, ticket), n))
                 return
@@ -188,6 +205,11 @@ class Scheduler:
         self._make_room(loaded, params.n * (len(tokens) + params.max_tokens))
         cache, cached = self._fetch(request.model, tokens, loaded)
         logits = prefill(loaded.model, cache, tokens[cached:], self._stream)
+        draft_cache = None
+        if kind == "draft":  # a cache of its own that holds what the target's does
+            draft = self._loaded(request.draft_model)
+            self._make_room(draft, params.n * (len(tokens) + params.max_tokens))
+            draft_cache = prefill_draft(draft.model, tokens, self._stream)
         runs, rows = [], []
         for index in range(params.n):
             sequence = Sequence(
@@ -210,11 +232,21 @@ class Scheduler:
             else:
                 row.start(token)
                 joining.append(row)
-        key = (request.model, kind)
         if joining:
-            if key not in self._batches:
-                self._batches[key] = new_batch(kind, loaded, self._stream)
-            self._batches[key].add(joining, [cache] * len(joining))
+            self._add(request, kind, joining, cache, draft_cache)
+
+    def _add(self, request, kind, rows, cache, draft_cache) -> None:
+        """Let ``rows`` (of one prompt, whose ``cache`` they share) join their batch."""
+        key = batch_key(request, kind)
+        if key not in self._batches:
+            draft = self._loaded(request.draft_model) if kind == "draft" else None
+            loaded = self._loaded(request.model)
+            self._batches[key] = new_batch(kind, loaded, self._stream, draft=draft)
+        caches = [cache] * len(rows)
+        if draft_cache is None:
+            self._batches[key].add(rows, caches)
+        else:
+            self._batches[key].add(rows, caches, draft_caches=[draft_cache] * len(rows))
 
     def _fetch(
         self, name: str, tokens: list[int], loaded: LoadedModel
@@ -232,7 +264,7 @@ class Scheduler:
             cached -= 1
         return cache, cached
 
-    def _step_batch(self, key: tuple[str, str]) -> None:
+    def _step_batch(self, key: BatchKey) -> None:
         batch = self._batches[key]
         gone = [i for i, r in enumerate(batch.rows) if r.tag.ticket.cancel.is_set()]
         self._leave(key, gone, "cancelled")
@@ -260,9 +292,7 @@ class Scheduler:
                 done.append(i)
         self._leave(key, done, None)
 
-    def _leave(
-        self, key: tuple[str, str], indices: list[int], reason: str | None
-    ) -> None:
+    def _leave(self, key: BatchKey, indices: list[int], reason: str | None) -> None:
         """Take rows out of a batch and end their completions."""
         if not indices:
             return
@@ -323,9 +353,11 @@ class Scheduler:
         self._make_room(loaded, len(tokens) + request.params.max_tokens)
         cache, cached = self._fetch(request.model, tokens, loaded)
         draft = self._loaded(request.draft_model) if request.draft_model else None
-        speculation = Speculation(
-            draft, request.num_draft_tokens, request.speculation == "auto"
-        )
+        speculation = None
+        if request.speculation:
+            costs = measured_costs(loaded, draft, fast_blas.cache_dir(), self._stream)
+            auto = request.speculation == "auto"
+            speculation = Speculation(draft, request.num_draft_tokens, auto, costs)
         produced: list[int] = []
         yield from decode(
             loaded,
@@ -336,7 +368,7 @@ class Scheduler:
             index=index,
             stream=self._stream,
             produced=produced,
-            speculation=speculation if request.speculation else None,
+            speculation=speculation,
             cancelled=cancelled,
         )
         if kv_options(loaded).active:

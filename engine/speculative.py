@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import mlx.core as mx
@@ -19,16 +19,23 @@ import mlx.nn as nn
 
 from engine.acceptance import accept_drafts
 from engine.draft_choice import SourceChooser, size_ratio
+from engine.draft_length import (
+    Acceptance,
+    DraftCosts,
+    RowCosts,
+    best_k,
+    default_row_costs,
+)
 from engine.kv_cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
 from engine.prompt_lookup import LOOKUP_NGRAMS, lookup_drafts
-from engine.sampling import LogitsProcessor, Scale, to_key, to_scale
+from engine.sampling import LogitsProcessor, Scale, normalize, to_key, to_scale
 from engine.schema import SamplingParams
 
-# Adaptive k grows to max(this, num_draft_tokens). On the CPU here verifying 8 tokens
-# cost about what 5-7 did, and 9 cost 40% more (OpenBLAS GEMM blocking).
+# Adaptive k stays within 1..max(this, num_draft_tokens); within that, the k with the
+# most expected tokens per unit of cost (engine/draft_length.py).
 MAX_ADAPTIVE_DRAFT = 7
 # A draft model stops drafting once it is less sure than this of its token: a draft
-# forward costs ~0.3 of a target forward and a less likely token is mostly rejected,
+# forward costs 0.3-0.45 of a target forward and a less likely token is mostly rejected,
 # taking the rest of the round with it (llama.cpp's --draft-p-min idea).
 DRAFT_P_MIN = 0.5
 
@@ -91,6 +98,9 @@ class _Run:
     lookup: bool = False  # draft by n-gram lookup (first, when there is a draft model)
     draft_p_min: float = DRAFT_P_MIN
     chooser: SourceChooser | None = None  # auto: picks each round's draft source
+    row_costs: RowCosts = default_row_costs()
+    draft_cost: float = 0.0  # one draft forward, in target forwards
+    acceptance: Acceptance = field(default_factory=Acceptance)
 
     def split_keys(self, count: int) -> mx.array:
         self.key, round_key = mx.random.split(self.key)
@@ -117,6 +127,7 @@ def speculative_generate_step(
     logits_processors: list[LogitsProcessor] | None = None,
     prefill_step_size: int = 512,
     stats: SpecStats | None = None,
+    costs: DraftCosts | None = None,
 ) -> Iterator[tuple[int, mx.array, bool]]:
     """Generate like ``generate_step``, drafting with ``draft_model`` or by lookup.
 
@@ -139,13 +150,17 @@ def speculative_generate_step(
             whichever has emitted the most tokens per forward's worth of cost
             (see ``engine.draft_choice``).
         num_draft_tokens: Draft tokens per round (the start value when adaptive).
-        adaptive: Raise k after a round that accepts all, lower it when less
-            than half is accepted (1 <= k <= max(7, num_draft_tokens)).
+        adaptive: After each round, k becomes the one with the most expected
+            tokens per unit of cost given the acceptance so far and ``row_costs``
+            (1 <= k <= max(7, num_draft_tokens)).
         draft_p_min: The draft model stops a round's drafting after a token it
             gives less than this probability (0 drafts all k).
         logits_processors: As for ``generate_step``: they see ``prompt`` + output.
         prefill_step_size: Prompt tokens per forward while prefilling.
         stats: Counters, updated in place.
+        costs: What verifies of 1, 2, ... rows and a draft forward cost against a
+            one-row target forward (``engine.draft_length.measured_costs``); when
+            None, a flat guess and the draft's share of the parameters.
 
     Returns:
         A generator of ``(token, logprobs, from_draft)``: the token, the target's
@@ -163,6 +178,7 @@ def speculative_generate_step(
     draft_cache = _check_args(model, draft_model, draft_cache, lookup, prompt_cache)
     if not 0 < len(prompt) <= len(history) or num_draft_tokens < 1:
         raise ValueError("Speculation needs a non-empty prompt within the history.")
+    costs = costs or DraftCosts(default_row_costs(), size_ratio(draft_model, model))
     run = _Run(
         model=model,
         cache=prompt_cache,
@@ -181,8 +197,10 @@ def speculative_generate_step(
         stats=stats if stats is not None else SpecStats(),
         key=to_key(params, index),
         lookup=lookup,
-        chooser=SourceChooser(size_ratio(draft_model, model)) if auto else None,
+        chooser=SourceChooser(costs.draft_cost, costs.row_costs) if auto else None,
         draft_p_min=draft_p_min,
+        row_costs=costs.row_costs,
+        draft_cost=costs.draft_cost,
     )
     return _generate(run, prompt, max_tokens)
 
@@ -193,9 +211,11 @@ def _generate(
     end, step = len(run.tokens) + max_tokens, run.prefill_step_size
     with mx.stream(run.stream):
         _prefill(run.model, run.cache, prompt.tolist()[:-1], step)
+        if run.draft_model is not None:
+            _prefill_draft(run, step)
         try:
-            # With a draft model the first token comes from a plain step, so time to
-            # first token is plain decoding's; the draft model prefills after it.
+            # With a draft model the first token comes from a plain step: one target
+            # forward rather than a round of drafts and a verify.
             k = 0 if run.draft_model is not None else run.k
             while len(run.tokens) < end:
                 for token, logprobs, from_draft in _round(
@@ -204,8 +224,6 @@ def _generate(
                     run.tokens.append(token)
                     run.stats.emitted += 1
                     yield token, logprobs, from_draft
-                if k == 0 and run.draft_model is not None:
-                    _prefill_draft(run, step)
                 k = run.k
         finally:
             _sync(run)
@@ -260,21 +278,6 @@ def _prefill(model: nn.Module, cache: list[Any], tokens: list[int], step: int) -
         mx.eval([c.state for c in cache])
 
 
-def normalize(
-    logits: mx.array, seen: Callable[[int], mx.array], processors: list
-) -> mx.array:
-    """Log-softmax of each row after the processors; row j sees ``seen(j)``."""
-    if processors:
-        rows = []
-        for j in range(logits.shape[0]):
-            row = logits[j : j + 1]
-            for processor in processors:
-                row = processor(seen(j), row)
-            rows.append(row)
-        logits = mx.concatenate(rows)
-    return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-
-
 def _round(run: _Run, budget: int, k: int) -> list[tuple[int, mx.array, bool]]:
     """Draft up to k tokens, verify them in one forward, accept; return the tokens."""
     k = min(k, budget - 1)  # a round yields at most k + 1 tokens
@@ -309,18 +312,10 @@ def _count(run: _Run, drafted: int, n: int, times: tuple[float, float]) -> None:
     run.stats.target_forwards += 1
     run.stats.draft_time_s += times[0]
     run.stats.verify_time_s += times[1]
-    run.k = next_k(run.k, run.k_max, drafted, n)
-
-
-def next_k(k: int, k_max: int, drafted: int, accepted: int) -> int:
-    """Adaptive k: up after a round that accepts all, down when under half
-    (unchanged when ``k_max`` is 0: not adaptive)."""
-    if k_max and drafted:
-        if accepted == drafted:
-            return min(k + 1, k_max)
-        if 2 * accepted < drafted:
-            return max(k - 1, 1)
-    return k
+    if run.k_max and drafted:
+        run.acceptance.record(drafted, n)
+        rate = run.acceptance.rate
+        run.k = best_k(rate, run.draft_cost, run.row_costs, run.k_max)
 
 
 def _draft(

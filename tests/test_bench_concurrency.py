@@ -28,6 +28,18 @@ def test_run_arithmetic_uses_first_start_and_last_end():
     assert first.gaps_s == [1.0, 1.0] and second.gaps_s == [0.5]
     assert first.decode_tps == pytest.approx(1.0) and second.decode_tps == 2.0
     assert StreamTiming(0.0, (), 1.0).ttft_s == 1.0  # ended before any token
+    assert run.decode_tps == 0.0  # one stream waited for the other: never together
+
+
+def test_decode_throughput_counts_the_window_where_all_streams_decode():
+    # Both decode from t=2 (the later first token) to t=4 (the earlier last one):
+    # the tokens at 3 and 4 (first) and 2.5, 3, 3.5, 4 (second) arrive inside it.
+    first = StreamTiming(0.0, (1.0, 2.0, 3.0, 4.0), 4.0)
+    second = StreamTiming(0.0, (2.0, 2.5, 3.0, 3.5, 4.0, 4.5), 4.5)
+    run = ConcurrentRun((first, second))
+    assert run.decode_tps == pytest.approx(6 / 2)
+    alone = ConcurrentRun((first,))
+    assert alone.decode_tps == pytest.approx(first.decode_tps)
 
 
 def test_percentile_interpolates_between_ranks():

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from engine.draft_choice import EXPLORE_EVERY, VERIFY_COST, SourceChooser
+from engine.draft_choice import EXPLORE_EVERY, SourceChooser
 
 
 def test_untried_sources_go_first_then_the_best_rate_wins():
-    chooser = SourceChooser(draft_cost=0.3)
+    # A verify of 5 rows (4 drafts) costs 1.6 one-row forwards on this "machine".
+    chooser = SourceChooser(draft_cost=0.3, row_costs=(1.0, 1.1, 1.2, 1.3, 1.6))
     picks = []
     for emitted, drafted in ((1, 4), (5, 4), (1, 0)):
         picks.append(chooser.pick(["lookup", "model", "plain"]))
         chooser.record(picks[-1], emitted, drafted)
     assert picks == ["lookup", "model", "plain"]
-    # lookup: 1 token for 1.6 forwards; model: 5 for 1 + 0.6 + 1.2; plain: 1 for 1.
-    assert chooser.rates["lookup"] == 1 / (1 + 4 * VERIFY_COST)
-    assert chooser.rates["model"] == 5 / (1 + 4 * VERIFY_COST + 4 * 0.3)
+    # lookup: 1 token for 1.6 forwards; model: 5 for 1.6 + 4 * 0.3; plain: 1 for 1.
+    assert chooser.rates["lookup"] == 1 / 1.6
+    assert chooser.rates["model"] == 5 / (1.6 + 4 * 0.3)
     assert chooser.pick(["lookup", "model", "plain"]) == "model"
     assert chooser.pick(["lookup", "plain"]) == "plain"  # no draft this round
 

@@ -9,6 +9,7 @@ from mlx_lm.generate import generate_step
 from mlx_lm.models import llama
 from mlx_lm.models.cache import make_prompt_cache
 
+from engine.draft_length import DraftCosts
 from engine.sampling import to_logits_processors
 from engine.schema import SamplingParams
 from engine.speculative import (
@@ -151,12 +152,33 @@ def test_self_draft_accepts_every_draft(target, stream):
         stream,
         draft_model=target,
         num_draft_tokens=4,
+        adaptive=False,
         draft_p_min=0.0,
         stats=stats,
     )
     assert stats.acceptance_rate == 1.0 and stats.drafted > 0
-    assert stats.tokens_per_forward > 4  # k grows from 4 towards 7
+    assert stats.tokens_per_forward > 4  # 5 a round, but the first (plain) and last
     assert sum(flags) == stats.accepted
+
+
+def test_adaptive_k_weighs_draft_forwards_against_verify_rows(target, stream):
+    # A draft as big as the target costs a whole forward per token: even accepting
+    # everything, one draft per round is the cheapest way to emit tokens.
+    stats = SpecStats()
+    tokens, _, _ = speculate(
+        target,
+        PROMPT,
+        stream,
+        draft_model=target,
+        num_draft_tokens=4,
+        draft_p_min=0.0,
+        stats=stats,
+        costs=DraftCosts(row_costs=(1.0, 1.2, 1.4, 1.6, 1.8), draft_cost=1.0),
+    )
+    assert tokens == plain_greedy(target, PROMPT, 40, stream)
+    rounds = stats.target_forwards - 1  # the first token is a plain step
+    assert stats.acceptance_rate == 1.0
+    assert stats.drafted == 4 + (rounds - 1)  # 4 in the first round, then k = 1
 
 
 def test_an_unsure_draft_stops_the_round(target, draft, stream):
