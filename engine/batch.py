@@ -28,8 +28,9 @@ Step = list[tuple[int, mx.array]]  # a sequence's new tokens and (vocab,) logpro
 class Row:
     """What one sequence carries between steps.
 
-    ``pending`` is its last sampled token, not yet in the cache; ``seen`` the
-    tokens its processors look at (uncached prompt + output), as in generate_step.
+    ``pending`` is its last sampled token (in the cache only once a step that feeds
+    it is launched, see ``Batch``); ``seen`` the tokens its processors look at
+    (uncached prompt + output), as in generate_step.
     """
 
     tag: Any  # the caller's handle for the sequence
@@ -68,12 +69,12 @@ def prefill(
 
 
 def sample_rows(
-    rows: Sequence[Row], logits: mx.array, inputs: list[int] | None
+    rows: Sequence[Row], logits: mx.array, inputs: mx.array | None
 ) -> tuple[mx.array, mx.array]:
     """Each row's next token (B,) and logprobs (B, vocab), lazily.
 
-    ``logits`` (B, vocab) are the rows' last logits; ``inputs`` the tokens just fed
-    (None for the prompt's last token, already in ``seen``).
+    ``logits`` (B, vocab) are the rows' last logits; ``inputs`` (B,) the tokens just
+    fed (None for the prompt's last token, already in ``seen``).
 
     Note: updates each row's ``seen``.
     """
@@ -83,7 +84,7 @@ def sample_rows(
             one = logits[i : i + 1]
             if row.processors:
                 if inputs is not None:
-                    step = mx.array(inputs[i : i + 1])
+                    step = inputs[i : i + 1]
                     row.seen = step if row.seen is None else mx.concat([row.seen, step])
                 for processor in row.processors:
                     one = processor(row.seen, one)
@@ -101,12 +102,27 @@ def sample_rows(
 
 
 class Batch:
-    """Sequences of ``model`` that step together (see the module docstring)."""
+    """Sequences of ``model`` that step together (see the module docstring).
+
+    ``step`` runs one step ahead, as mlx-lm's BatchGenerator does: it launches the
+    next forward on the tokens just sampled, before reading them, so building that
+    step's graph and handling this step's tokens overlap with computing it. The
+    launched step covers ``rows[:ahead]``; rows that joined since get their first
+    token one call later, and rows that leave drop their launched part.
+    """
 
     def __init__(self, model: nn.Module, stream: mx.Stream) -> None:
         self.model, self.stream = model, stream
         self.rows: list[Row] = []
         self.cache: list[Any] | None = None  # one BatchKVCache per layer
+        # The launched step: tokens (ahead,) and logprobs (ahead, vocab), lazy; their
+        # inputs (rows[:ahead]'s last tokens) are already in the cache.
+        self._ahead: tuple[mx.array, mx.array] | None = None
+
+    @property
+    def ahead(self) -> int:
+        """Rows (the first ones) whose next step is launched."""
+        return 0 if self._ahead is None else self._ahead[0].shape[0]
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -134,8 +150,15 @@ class Batch:
         if not indices:
             return []
         assert self.cache is not None
+        ahead = self.ahead
         with mx.stream(self.stream):
             caches = [[c.extract(i) for c in self.cache] for i in indices]
+            for i, cache in zip(indices, caches, strict=True):
+                if i < ahead:  # the launched step fed its last token: drop it
+                    for c in cache:
+                        c.trim(1)
+                        c.keys = c.keys[..., : c.offset, :]
+                        c.values = c.values[..., : c.offset, :]
             gone = set(indices)
             keep = [i for i in range(len(self.rows)) if i not in gone]
             if keep:
@@ -143,18 +166,29 @@ class Batch:
                     c.filter(keep)
             else:
                 self.cache = None
+            still = [i for i in keep if i < ahead]  # stay first: rows keep their order
+            if self._ahead is not None:
+                tokens, logprobs = self._ahead
+                picked = mx.array(still)
+                self._ahead = (tokens[picked], logprobs[picked]) if still else None
         self.rows = [self.rows[i] for i in keep]
         return caches
 
     def step(self) -> list[Step]:
-        """One forward of every row's pending token; each row gets one new token."""
-        inputs = [row.pending for row in self.rows]
+        """Launch the next step of every row, then return the step launched before:
+        one new token for each row it covered, none for rows that joined since."""
+        current, ahead = self._ahead, self.ahead
         with mx.stream(self.stream):
-            logits = self.model(mx.array(inputs)[:, None], cache=self.cache)[:, -1, :]
-            tokens, logprobs = sample_rows(self.rows, logits, inputs)
-            mx.eval(tokens, logprobs)
-        out = []
-        for i, (row, token) in enumerate(zip(self.rows, tokens.tolist(), strict=True)):
-            row.pending = token
-            out.append([(token, logprobs[i])])
+            parts = [current[0]] if current is not None else []
+            if ahead < len(self.rows):  # joined since: feed their pending tokens
+                parts.append(mx.array([row.pending for row in self.rows[ahead:]]))
+            inputs = mx.concatenate(parts) if len(parts) > 1 else parts[0]
+            logits = self.model(inputs[:, None], cache=self.cache)[:, -1, :]
+            self._ahead = sample_rows(self.rows, logits, inputs)
+            mx.async_eval(*self._ahead)
+        out: list[Step] = [[] for _ in self.rows]
+        if current is not None:
+            for i, token in enumerate(current[0].tolist()):
+                self.rows[i].pending = token
+                out[i] = [(token, current[1][i])]
         return out

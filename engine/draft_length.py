@@ -5,12 +5,12 @@ each draft is accepted with probability ``a`` until the first rejection (the usu
 model, Leviathan et al. 2023), a round yields ``(1 - a^(k+1)) / (1 - a)`` tokens on
 average and costs k draft forwards, a verify and ``ROUND_COST``. What a verify of r
 rows costs against one row depends on the machine and the model: on Metal a few rows
-cost about one; on the CPU fast path 3 rows of a 1.5B model cost ~1.3 of one and 8
-rows ~2.7, as the products turn compute-bound. So both are measured: one forward of
+cost about one; on the CPU fast path 3 rows of a 1.5B model cost ~1.4 of one and 8
+rows ~2.5, as the products turn compute-bound. So both are measured: one forward of
 1..MAX_ROWS rows of the target, and one of the draft, once per model on this machine
-(a few seconds, cached by ``engine.machine_table``); k then follows the acceptance
-observed so far. Costs, not this run's timings, decide k: seeded sampling stays
-reproducible.
+(~10 s for the Qwen 1.5B/0.5B pair on this CPU; cached by ``engine.machine_table``);
+k then follows the acceptance observed so far. Costs, not this run's timings, decide
+k: seeded sampling stays reproducible.
 """
 
 from __future__ import annotations

@@ -92,14 +92,17 @@ def test_rows_join_and_leave_between_steps(target, stream):
 def test_a_leaving_row_takes_exactly_its_tokens(target, stream):
     batch = Batch(target, stream)
     short, long = PROMPTS[1], PROMPTS[0]
-    for prompt in (long, short):
-        join(batch, target, prompt, 20, stream)
-    for _ in range(3):
-        batch.step()
-    [cache] = batch.remove([1])  # the prompt + 3 fed tokens (the 4th is pending)
+    tags = [join(batch, target, prompt, 20, stream) for prompt in (long, short)]
+    for _ in range(4):  # the first call launches a step and returns no token yet
+        for row, new in zip(batch.rows, batch.step(), strict=True):
+            row.tag.output.extend(t for t, _ in new)
+    assert [len(tag.output) for tag in tags] == [4, 4] and batch.ahead == 2
+    [cache] = batch.remove([1])  # the prompt + every token but the last
     assert cache[0].offset == cache[0].keys.shape[2] == len(short) + 3
-    assert len(batch) == 1 and batch.cache[0].offset.tolist() == [len(long) + 3]
-    assert batch.remove([0]) and batch.cache is None
+    # The row that stays also holds its 4th token, fed by the step launched ahead.
+    assert len(batch) == 1 and batch.cache[0].offset.tolist() == [len(long) + 4]
+    assert batch.ahead == 1
+    assert batch.remove([0]) and batch.cache is None and batch.ahead == 0
 
 
 def test_lookup_rounds_in_a_batch_keep_greedy_output(target, stream):

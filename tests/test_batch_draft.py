@@ -21,9 +21,9 @@ from engine.kv_cache import LRUPromptCache
 from engine.scheduler import Scheduler, Ticket
 from engine.side_by_side import Side
 from engine.worker import GenerateRequest
+from tests.test_batch import PROMPTS
 from tests.test_speculative import plain_greedy, tiny_llama
 
-PROMPTS = [[1, 5, 9, 3, 7, 2, 11, 4], [8, 2], [4, 4, 6, 1, 9], [3, 1, 3, 1, 3, 1, 3]]
 LENGTHS = [20, 7, 14, 20]  # rows leave at different steps
 TEXTS = ["the cat sat on the mat and", "a dog", "hello there, my old friend"]
 
