@@ -161,9 +161,9 @@ class Scheduler:
         so the ticket cannot end while they start."""
         sides = [ticket.sides.popleft() for _ in range(count)]
         ticket.running += sum(request.params.n for _, request in sides)
-        # A completion with nothing to batch with decodes through mlx-lm's loop, which
-        # overlaps building the next step's graph with computing this one (a batch
-        # step does not): within noise of mlx-lm for one stream, not 10-15% behind.
+        # A completion with nothing to batch with decodes through mlx-lm's loop: a plain
+        # cache needs no mask or per-row offsets, which a batch of one pays for. (The
+        # worker's burst window lets simultaneous requests arrive before this check.)
         alone = (
             count == 1
             and sides[0][1].params.n == 1
