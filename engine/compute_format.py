@@ -108,7 +108,10 @@ def widen(model: nn.Module) -> None:
 
 def measured_speeds(cache_dir: Path) -> dict[str, float]:
     """Seconds per matrix-vector product in each format, measured once per machine."""
-    return machine_table.measured(cache_dir, f"formats-{MEASURE_VERSION}", _measure)
+    name = f"formats-{MEASURE_VERSION}"
+    return machine_table.measured(
+        cache_dir, name, _measure, valid=lambda v: isinstance(v, dict)
+    )
 
 
 def _measure() -> dict[str, float]:

@@ -155,7 +155,15 @@ def _forward_seconds(loaded: Any, cache_dir: Path, stream: mx.Stream) -> list[fl
     )
     name = f"forward-rows-{MEASURE_VERSION}"
     return machine_table.measured(
-        cache_dir, name, lambda: _time_forwards(model, stream), detail=detail
+        cache_dir,
+        name,
+        lambda: _time_forwards(model, stream),
+        detail=detail,
+        valid=lambda v: (
+            isinstance(v, list)
+            and len(v) == MAX_ROWS
+            and all(isinstance(s, float) and s > 0 for s in v)
+        ),
     )
 
 

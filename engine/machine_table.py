@@ -24,14 +24,20 @@ log = logging.getLogger(__name__)
 
 
 def measured(
-    cache_dir: Path, name: str, measure: Callable[[], Any], *, detail: str = ""
+    cache_dir: Path,
+    name: str,
+    measure: Callable[[], Any],
+    *,
+    detail: str = "",
+    valid: Callable[[Any], bool] = lambda value: value is not None,
 ) -> Any:
     """The cached result of ``measure()`` in ``cache_dir/<name>.json``, measuring once.
 
     The file maps a key (MLX version, device type, BLAS in use, then ``detail``,
     e.g. which model was measured) to a result, so one cache directory serves several
-    MLX installs and models. An unreadable file is measured again; an unwritable
-    directory measures every time rather than failing.
+    MLX installs and models. An unreadable file, or an entry ``valid`` refuses (an
+    edited or older file), is measured again; an unwritable directory measures every
+    time rather than failing.
     """
     key = f"{mx.__version__}-{mx.default_device().type.name}-{fast_blas.in_use()}"
     key += f"-{detail}" if detail else ""
@@ -42,7 +48,7 @@ def measured(
         table = {}
     if not isinstance(table, dict):
         table = {}
-    if key in table:
+    if valid(table.get(key)):
         return table[key]
     table[key] = result = measure()
     try:

@@ -27,3 +27,15 @@ def test_an_unwritable_cache_still_answers(tmp_path, caplog):
     got = machine_table.measured(blocked, "speeds", lambda: {"x": 1.0})
     assert got == {"x": 1.0}
     assert "Could not cache" in caplog.text
+
+
+def test_an_entry_the_caller_refuses_is_measured_again(tmp_path):
+    def positive(value) -> bool:
+        return isinstance(value, float) and value > 0
+
+    first = machine_table.measured(tmp_path, "speeds", lambda: -1.0)
+    assert first == -1.0  # measured and stored, though the next caller refuses it
+    again = machine_table.measured(tmp_path, "speeds", lambda: 2.0, valid=positive)
+    assert again == 2.0
+    cached = machine_table.measured(tmp_path, "speeds", lambda: 3.0, valid=positive)
+    assert cached == 2.0
