@@ -29,12 +29,12 @@ def task() -> tuple:
     return ("generate", Job(request), None)
 
 
-@pytest.mark.parametrize("window,expected", [(2.0, 2), (0.0, 1)])
+@pytest.mark.parametrize("window,expected", [(5.0, 2), (0.0, 1)])
 def test_a_job_on_an_idle_engine_waits_for_company(window, expected):
     # The worker thread is not started: _take is driven here, as its loop would.
     worker = EngineWorker(burst_window_s=window)
     worker._tasks.put(task())
-    later = threading.Timer(0.2, lambda: worker._tasks.put(task()))
+    later = threading.Timer(1.0, lambda: worker._tasks.put(task()))
     later.start()
     scheduler = RecordingScheduler()
     try:
