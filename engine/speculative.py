@@ -22,7 +22,6 @@ from engine.draft_choice import SourceChooser, size_ratio
 from engine.draft_length import (
     Acceptance,
     DraftCosts,
-    RowCosts,
     best_k,
     default_row_costs,
 )
@@ -98,8 +97,7 @@ class _Run:
     lookup: bool = False  # draft by n-gram lookup (first, when there is a draft model)
     draft_p_min: float = DRAFT_P_MIN
     chooser: SourceChooser | None = None  # auto: picks each round's draft source
-    row_costs: RowCosts = default_row_costs()
-    draft_cost: float = 0.0  # one draft forward, in target forwards
+    costs: DraftCosts = DraftCosts(default_row_costs())  # for choosing k
     acceptance: Acceptance = field(default_factory=Acceptance)
 
     def split_keys(self, count: int) -> mx.array:
@@ -151,7 +149,7 @@ def speculative_generate_step(
             (see ``engine.draft_choice``).
         num_draft_tokens: Draft tokens per round (the start value when adaptive).
         adaptive: After each round, k becomes the one with the most expected
-            tokens per unit of cost given the acceptance so far and ``row_costs``
+            tokens per unit of cost given the acceptance so far and ``costs``
             (1 <= k <= max(7, num_draft_tokens)).
         draft_p_min: The draft model stops a round's drafting after a token it
             gives less than this probability (0 drafts all k).
@@ -199,8 +197,7 @@ def speculative_generate_step(
         lookup=lookup,
         chooser=SourceChooser(costs.draft_cost, costs.row_costs) if auto else None,
         draft_p_min=draft_p_min,
-        row_costs=costs.row_costs,
-        draft_cost=costs.draft_cost,
+        costs=costs,
     )
     return _generate(run, prompt, max_tokens)
 
@@ -315,7 +312,8 @@ def _count(run: _Run, drafted: int, n: int, times: tuple[float, float]) -> None:
     if run.k_max and drafted:
         run.acceptance.record(drafted, n)
         rate = run.acceptance.rate
-        run.k = best_k(rate, run.draft_cost, run.row_costs, run.k_max)
+        costs = run.costs
+        run.k = best_k(rate, costs.draft_cost, costs.row_costs, run.k_max)
 
 
 def _draft(
