@@ -19,6 +19,7 @@ import mlx.nn as nn
 
 from engine.acceptance import accept_drafts
 from engine.draft_choice import SourceChooser, size_ratio
+from engine.draft_head import DRAFT_VOCAB, reduced_head
 from engine.draft_length import (
     Acceptance,
     DraftCosts,
@@ -80,7 +81,7 @@ class _Run:
 
     model: nn.Module
     cache: list[Any]
-    draft_model: nn.Module | None
+    draft_model: Any  # nn.Module or its ReducedHead; None without one
     draft_cache: list[Any] | None
     tokens: list[int]  # history + every token yielded so far
     seen_from: int  # logits processors see tokens[seen_from:], as in generate_step
@@ -126,6 +127,7 @@ def speculative_generate_step(
     prefill_step_size: int = 512,
     stats: SpecStats | None = None,
     costs: DraftCosts | None = None,
+    draft_vocab: int = DRAFT_VOCAB,
 ) -> Iterator[tuple[int, mx.array, bool]]:
     """Generate like ``generate_step``, drafting with ``draft_model`` or by lookup.
 
@@ -159,6 +161,8 @@ def speculative_generate_step(
         costs: What verifies of 1, 2, ... rows and a draft forward cost against a
             one-row target forward (``engine.draft_length.measured_costs``); when
             None, a flat guess and the draft's share of the parameters.
+        draft_vocab: Token ids the draft model's output layer keeps besides the
+            text's own (``engine.draft_head``); 0 keeps them all.
 
     Returns:
         A generator of ``(token, logprobs, from_draft)``: the token, the target's
@@ -177,6 +181,8 @@ def speculative_generate_step(
     if not 0 < len(prompt) <= len(history) or num_draft_tokens < 1:
         raise ValueError("Speculation needs a non-empty prompt within the history.")
     costs = costs or DraftCosts(default_row_costs(), size_ratio(draft_model, model))
+    if draft_model is not None:
+        draft_model = reduced_head(draft_model, history, draft_vocab)
     run = _Run(
         model=model,
         cache=prompt_cache,

@@ -74,10 +74,12 @@ def check_matches(counts: np.ndarray, probs: np.ndarray, tv_bound: float) -> Non
     assert chi_square_p(counts, probs * runs) > 1e-3
 
 
-def test_draft_model_sampling_is_exact(stream):
+@pytest.mark.parametrize("draft_vocab", [0, 24])
+def test_draft_model_sampling_is_exact(stream, draft_vocab):
     # The draft differs (acceptance well below 1), so rejection and residual
     # sampling both happen. The first token comes from a plain step; the second
-    # from a round with one draft.
+    # from a round with one draft. With draft_vocab the draft proposes from ids
+    # 0..23 only (engine/draft_head.py): q is 0 where p may not be.
     vocab, runs = 64, 2000
     target = tiny_llama(3, vocab=vocab, sharpness=6.0, layers=1)
     draft = perturbed(target, seed=4, noise=0.3)
@@ -89,6 +91,7 @@ def test_draft_model_sampling_is_exact(stream):
         k=2,
         prompt=PROMPT[:1],
         draft_model=draft,
+        draft_vocab=draft_vocab,
     )
     assert 0.15 < stats.acceptance_rate < 0.85
     first = target_probs(target, [PROMPT[:1]], lambda x: x)[0]

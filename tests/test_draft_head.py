@@ -1,0 +1,88 @@
+"""A draft's output layer cut to a subset: same logits there, -inf elsewhere, exact."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+from mlx_lm.models.cache import make_prompt_cache
+
+from engine.draft_head import ReducedHead, reduced_head
+from tests.test_speculative import GREEDY, PROMPT, plain_greedy, speculate, tiny_llama
+
+VOCAB, SIZE = 64, 16
+
+
+@pytest.fixture(scope="module")
+def stream() -> mx.Stream:
+    return mx.default_stream(mx.default_device())
+
+
+def full_and_reduced(model: nn.Module, head: ReducedHead, tokens: list[int]):
+    """Logits (L, vocab) of the model and of ``head`` for ``tokens``, fresh caches."""
+    inputs = mx.array(tokens)[None]
+    full = model(inputs, cache=make_prompt_cache(model))[0]
+    reduced = head(inputs, cache=make_prompt_cache(model))[0]
+    return np.array(full), np.array(reduced)
+
+
+def test_only_a_large_plain_head_is_cut():
+    model = tiny_llama(0, vocab=VOCAB)
+    assert isinstance(reduced_head(model, PROMPT, SIZE), ReducedHead)
+    assert reduced_head(model, PROMPT, 0) is model
+    assert reduced_head(model, PROMPT, VOCAB // 2 + 1) is model  # would not pay
+    capped = tiny_llama(0, vocab=VOCAB)
+    capped.args.model_type = "gemma2"  # soft-caps its logits after the head
+    assert reduced_head(capped, PROMPT, SIZE) is capped
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_kept_ids_have_the_model_logits_and_the_rest_minus_inf(quantized):
+    model = tiny_llama(0, vocab=VOCAB)
+    if quantized:
+        nn.quantize(model, group_size=32, bits=4)
+    prompt = [3, 40, 9, 57]  # 40 and 57 lie beyond the first SIZE ids
+    head = ReducedHead(model, prompt, SIZE)
+    full, reduced = full_and_reduced(model, head, prompt)
+    kept = sorted(set(range(SIZE)) | {40, 57})
+    np.testing.assert_allclose(reduced[:, kept], full[:, kept], rtol=1e-4, atol=1e-4)
+    dropped = np.setdiff1d(np.arange(VOCAB), kept)
+    assert np.all(np.isneginf(reduced[:, dropped]))
+
+
+def test_tokens_fed_later_join_and_a_text_beyond_the_subset_turns_it_off():
+    model = tiny_llama(0, vocab=VOCAB)
+    head = ReducedHead(model, PROMPT, SIZE)
+    head(mx.array([[50]]), cache=make_prompt_cache(model))
+    assert 50 in head.extra and head.active
+    full, reduced = full_and_reduced(model, head, [1, 50])
+    np.testing.assert_allclose(reduced[:, 50], full[:, 50], rtol=1e-4, atol=1e-4)
+    beyond = list(range(SIZE, VOCAB))  # every token outside the first SIZE ids
+    head(mx.array([beyond[:6]]), cache=make_prompt_cache(model))
+    assert not head.active
+    full, reduced = full_and_reduced(model, head, [2, 60])
+    np.testing.assert_array_equal(reduced, full)
+
+
+def test_greedy_speculation_with_a_cut_draft_equals_plain_greedy(stream):
+    target, draft = tiny_llama(0, vocab=VOCAB), tiny_llama(1, vocab=VOCAB)
+    expected = plain_greedy(target, PROMPT, 40, stream)
+    for draft_model in (draft, target):  # a different draft, and the target itself
+        tokens, _, _ = speculate(
+            target,
+            PROMPT,
+            stream,
+            params=GREEDY,
+            draft_model=draft_model,
+            draft_vocab=SIZE,
+        )
+        assert tokens == expected
+
+
+def test_a_prompt_mostly_beyond_the_subset_keeps_the_whole_head():
+    model = tiny_llama(0, vocab=VOCAB)
+    # Mostly ids past SIZE, each new: Chinese text in a Qwen vocabulary looks so.
+    assert reduced_head(model, [1, 2] + list(range(40, 50)), SIZE) is model
+    # The same ids repeated are known after their first time.
+    assert isinstance(reduced_head(model, [1, 2] + [40, 41] * 6, SIZE), ReducedHead)
