@@ -28,12 +28,14 @@ import mlx.core as mx, numpy as np
 calls = lambda: ctypes.c_long.in_dll(ctypes.CDLL(None), "silica_skinny_calls").value
 rng = np.random.default_rng(0)
 out = []
-for m, k, n, bias in json.loads(sys.argv[1]):
+for m, k, n, bias, kind in json.loads(sys.argv[1]):
     x = rng.standard_normal((m, k), dtype=np.float32)
     w = rng.standard_normal((n, k), dtype=np.float32)
     b = rng.standard_normal(n, dtype=np.float32)
     before = calls()
-    wt, bs = mx.array(w).T, mx.array(b)
+    # "t": B transposed (a weight, keys); "n": B as stored (an attention's values)
+    wt = mx.array(w).T if kind == "t" else mx.array(np.ascontiguousarray(w.T))
+    bs = mx.array(b)
     product = lambda xs: mx.addmm(bs, xs, wt) if bias else xs @ wt
     y = np.array(product(mx.array(x)))
     took = calls() > before
@@ -71,23 +73,28 @@ def test_plan_preloads_kernel_then_openblas():
 
 @NEEDS_FAST_PATH
 def test_skinny_products_match_numpy_and_do_not_depend_on_other_rows():
-    # (rows, inner, outer, bias): tails in every dimension, the largest row count the
-    # kernel takes, and shapes it must hand to OpenBLAS (17 rows; a tiny product).
+    # (rows, inner, outer, bias, B transposed or not): tails in every dimension, the
+    # largest row count the kernel takes, attention-sized products (keys, values),
+    # and shapes it must hand to OpenBLAS (17 rows; large values).
     shapes = [
-        (1, 576, 1536, False),
-        (3, 1003, 517, True),
-        (8, 1536, 576, False),
-        (16, 64, 1031, True),
-        (17, 576, 576, False),
-        (4, 32, 32, False),
+        (1, 576, 1536, False, "t"),
+        (3, 1003, 517, True, "t"),
+        (8, 1536, 576, False, "t"),
+        (16, 64, 1031, True, "t"),
+        (4, 32, 32, False, "t"),
+        (3, 64, 203, False, "t"),
+        (3, 203, 64, False, "n"),
+        (6, 77, 131, True, "n"),
+        (17, 576, 576, False, "t"),
+        (2, 1024, 1024, False, "n"),
     ]
     results = json.loads(run_fast(MATMULS, json.dumps(shapes)))
     took = [r["took"] for r in results]
-    assert took == [True, True, True, True, False, False]
+    assert took == [True] * 8 + [False] * 2
     for shape, result in zip(shapes, results, strict=True):
         assert result["err"] < 1e-5, (shape, result)
     # The kernel's rows are bit-identical whatever M is; OpenBLAS's need not be.
-    assert all(r["row0_same"] for r in results[:4])
+    assert all(r["row0_same"] for r in results[:8])
 
 
 def test_kernel_is_built_once_and_reused(tmp_path):

@@ -7,7 +7,9 @@
  * each weight row once and dots it with every activation row, so M rows cost about as
  * much as one, and each output element is summed in the same order whatever M is: a
  * batched or speculative verify forward gives bit-identical rows to a one-row forward.
- * Every other call goes to the next cblas_sgemm in link order (OpenBLAS).
+ * It also takes a decode step's attention products, a few small ones per sequence and
+ * KV head, which OpenBLAS answers slowly for their size (~8 us a call). Every other
+ * call goes to the next cblas_sgemm in link order (OpenBLAS).
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -24,7 +26,7 @@ enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };
 #ifndef SKINNY_MAX_M
 #define SKINNY_MAX_M 16
 #endif
-#define SKINNY_MIN_WEIGHTS 65536 /* smaller products are not worth a parallel region */
+#define SMALL_NN_WEIGHTS (1L << 18) /* values of an attention step, up to 1 MB */
 #define LANES 8
 #define MAX_MR 4 /* activation rows per tile */
 #define MAX_NR 8 /* weight rows per tile */
@@ -174,13 +176,59 @@ static void skinny(int M, int N, int K, float alpha, const float *A, int lda,
   }
 }
 
+/* C = alpha * A B + beta * C with B K x N (not transposed) and few, short rows: an
+ * attention step's probabilities times its values. Each output vector sums B's rows
+ * scaled by A's entries in k order, so left padding (zero probabilities first) leaves a
+ * row's result bit-identical to the same row alone. */
+static void small_nn(int M, int N, int K, float alpha, const float *A, int lda,
+                     const float *B, int ldb, float beta, float *C, int ldc) {
+  for (int m = 0; m < M; m++) {
+    const float *a = A + (size_t)m * lda;
+    float *c = C + (size_t)m * ldc;
+    int n = 0;
+    for (; n + 8 * LANES <= N; n += 8 * LANES) {
+      v8 acc[8] = {{0}};
+      for (int k = 0; k < K; k++) {
+        v8 s = (v8){0} + a[k];
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; j++)
+          acc[j] = fma8(s, load8(B + (size_t)k * ldb + n + j * LANES), acc[j]);
+      }
+      for (int j = 0; j < 8 * LANES; j++)
+        store(c + n + j, acc[j / LANES][j % LANES], alpha, beta);
+    }
+    for (; n + LANES <= N; n += LANES) {
+      v8 acc = {0};
+      for (int k = 0; k < K; k++)
+        acc = fma8((v8){0} + a[k], load8(B + (size_t)k * ldb + n), acc);
+      for (int j = 0; j < LANES; j++) store(c + n + j, acc[j], alpha, beta);
+    }
+    for (; n < N; n++) {
+      float t = 0.0f;
+      for (int k = 0; k < K; k++) t = __builtin_fmaf(a[k], B[(size_t)k * ldb + n], t);
+      store(c + n, t, alpha, beta);
+    }
+  }
+}
+
+/* Which products this file computes: row-major, A not transposed, at most
+ * SKINNY_MAX_M rows; B transposed (weights, or an attention step's keys), or B not
+ * transposed and small (an attention step's values). Small ones run on this thread:
+ * waking OpenBLAS's or OpenMP's threads costs more than they take. */
+static int taken(int order, int trans_a, int trans_b, int M, int N, int K) {
+  if (order != ROW_MAJOR || trans_a != NO_TRANS || M < 1 || M > SKINNY_MAX_M) return 0;
+  return trans_b == TRANS || (trans_b == NO_TRANS && (long)N * K <= SMALL_NN_WEIGHTS);
+}
+
 void cblas_sgemm(int order, int trans_a, int trans_b, int M, int N, int K, float alpha,
                  const float *A, int lda, const float *B, int ldb, float beta, float *C,
                  int ldc) {
-  if (order == ROW_MAJOR && trans_a == NO_TRANS && trans_b == TRANS && M >= 1 &&
-      M <= SKINNY_MAX_M && (long)N * K >= SKINNY_MIN_WEIGHTS) {
+  if (taken(order, trans_a, trans_b, M, N, K)) {
     long start = now_ns();
-    skinny(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    if (trans_b == NO_TRANS)
+      small_nn(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    else
+      skinny(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     __atomic_add_fetch(&silica_skinny_ns, now_ns() - start, __ATOMIC_RELAXED);
     __atomic_add_fetch(&silica_skinny_calls, 1, __ATOMIC_RELAXED);
     return;
