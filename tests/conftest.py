@@ -28,6 +28,18 @@ def qwen15_gguf() -> Path:
 
 
 @pytest.fixture(scope="session")
+def qwen05_dir(qwen05_gguf, tmp_path_factory) -> Path:
+    """Qwen2.5-Coder-0.5B in float32: 4-bit matmuls on MLX's CPU backend take ~1 s
+    per prompt token here, which would make a 30-token prefill outlast any sane
+    step deadline; float32 runs through BLAS."""
+    from convert import ConvertOptions, convert_model
+
+    dst = tmp_path_factory.mktemp("qwen05") / "f32"
+    options = ConvertOptions(dequantize=True, dtype="float32")
+    return convert_model(str(qwen05_gguf), dst, options, progress=False).path
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random llama (2 layers, 261 tokens, context 256) as an MLX directory."""
     from convert import ConvertOptions, convert_model

@@ -166,18 +166,6 @@ def wait_for(path: Path, seconds: float) -> bool:
 
 
 @pytest.fixture(scope="module")
-def qwen05_dir(qwen05_gguf, tmp_path_factory) -> Path:
-    """Qwen2.5-Coder-0.5B in float32: 4-bit matmuls on MLX's CPU backend take ~1 s
-    per prompt token here, which would make a 30-token prefill outlast any sane
-    step deadline; float32 runs through BLAS."""
-    from convert import ConvertOptions, convert_model
-
-    dst = tmp_path_factory.mktemp("qwen05") / "f32"
-    options = ConvertOptions(dequantize=True, dtype="float32")
-    return convert_model(str(qwen05_gguf), dst, options, progress=False).path
-
-
-@pytest.fixture(scope="module")
 def single_process_tokens(qwen05_dir) -> list[int]:
     from engine import Engine
     from tests.distributed_job import PROMPT

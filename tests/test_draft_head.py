@@ -86,3 +86,28 @@ def test_a_prompt_mostly_beyond_the_subset_keeps_the_whole_head():
     assert reduced_head(model, [1, 2] + list(range(40, 50)), SIZE) is model
     # The same ids repeated are known after their first time.
     assert isinstance(reduced_head(model, [1, 2] + [40, 41] * 6, SIZE), ReducedHead)
+
+
+@pytest.mark.slow
+def test_real_draft_with_a_cut_head_keeps_greedy_output(qwen05_dir, stream):
+    # Qwen2.5-Coder-0.5B (152k-token vocabulary) drafting for itself from its first
+    # 49152 ids: greedy output must not move. A Chinese prompt keeps the whole head.
+    from mlx_lm import load
+
+    from engine.bench import WORKLOADS
+    from engine.speculative import SpecStats
+
+    model, tokenizer = load(str(qwen05_dir))
+    prompt = tokenizer.apply_chat_template(
+        WORKLOADS["code"], add_generation_prompt=True
+    )
+    assert isinstance(reduced_head(model, prompt), ReducedHead)
+    expected = plain_greedy(model, prompt, 24, stream)
+    stats = SpecStats()
+    tokens, _, _ = speculate(
+        model, prompt, stream, draft_model=model, max_tokens=24, stats=stats
+    )
+    assert tokens == expected
+    assert stats.acceptance_rate > 0.8
+    chinese = WORKLOADS["chinese"]
+    assert reduced_head(model, tokenizer.apply_chat_template(chinese)) is model
