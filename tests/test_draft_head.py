@@ -6,9 +6,12 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
+from mlx_lm import load
 from mlx_lm.models.cache import make_prompt_cache
 
+from engine.bench import WORKLOADS
 from engine.draft_head import ReducedHead, reduced_head
+from engine.speculative import SpecStats
 from tests.test_speculative import GREEDY, PROMPT, plain_greedy, speculate, tiny_llama
 
 VOCAB, SIZE = 64, 16
@@ -92,11 +95,6 @@ def test_a_prompt_mostly_beyond_the_subset_keeps_the_whole_head():
 def test_real_draft_with_a_cut_head_keeps_greedy_output(qwen05_dir, stream):
     # Qwen2.5-Coder-0.5B (152k-token vocabulary) drafting for itself from its first
     # 49152 ids: greedy output must not move. A Chinese prompt keeps the whole head.
-    from mlx_lm import load
-
-    from engine.bench import WORKLOADS
-    from engine.speculative import SpecStats
-
     model, tokenizer = load(str(qwen05_dir))
     prompt = tokenizer.apply_chat_template(
         WORKLOADS["code"], add_generation_prompt=True
