@@ -64,10 +64,11 @@ class ReducedHead:
         self.layer = model.lm_head if "lm_head" in model else model.model.embed_tokens
         self.first = _rows(self.layer, slice(0, size))
         self.extra: list[int] = []  # kept ids >= size, in the order added
+        self.extra_ids = mx.array([], mx.int32)  # the same, for indexing
         self.extra_rows: dict[str, mx.array] = {}
         self.miss_rate = 0.0
         self.active = True
-        self._keep(tokens)
+        self._keep({t for t in tokens if t >= size})
 
     def __call__(self, inputs: mx.array, cache: list[Any] | None = None) -> mx.array:
         if self.active:
@@ -81,20 +82,23 @@ class ReducedHead:
         logits = mx.concatenate([first, rest], axis=-1)
         if self.extra:
             extra = _project(self.layer, self.extra_rows, hidden)
-            logits[..., mx.array(self.extra)] = extra
+            logits[..., self.extra_ids] = extra
         return logits
 
     def _observe(self, tokens: list[int]) -> None:
         """Count the fed tokens the subset lacked, then keep them."""
-        self.miss_rate = miss_rate(self.miss_rate, tokens, self.size, set(self.extra))
+        known = set(self.extra)
+        self.miss_rate = miss_rate(self.miss_rate, tokens, self.size, known)
         self.active = self.miss_rate <= MISS_LIMIT
-        self._keep(tokens)
+        self._keep(known)
 
-    def _keep(self, tokens: list[int]) -> None:
-        new = sorted({t for t in tokens if t >= self.size} - set(self.extra))
+    def _keep(self, ids: set[int]) -> None:
+        """Add ``ids`` (all >= size) to the subset."""
+        new = sorted(ids.difference(self.extra))
         if new:
             self.extra += new
-            self.extra_rows = _rows(self.layer, mx.array(self.extra))
+            self.extra_ids = mx.array(self.extra, mx.int32)
+            self.extra_rows = _rows(self.layer, self.extra_ids)
 
 
 def _rows(layer: nn.Module, index: Any) -> dict[str, mx.array]:

@@ -111,10 +111,12 @@ tile(const int MR, const int NR, const float *x, int ldx, const float *w, int ld
 }
 
 /* The tile shape for M activation rows: NR weight rows per step, taken by blocks of
- * up to MR activation rows. Measured on this 2-core Zen (AVX2, one 256-bit FMA per
- * cycle): one row is bound by memory and wants many weight streams (1 x 8); from 3-4
- * rows on the product is bound by the FMA units and wants the most accumulators that fit
- * the 16 vector registers (3 x 4, 4 x 3), reaching ~26 of ~30 GFMA/s. */
+ * up to MR activation rows. Measured on this 2-core Zen 3 (AVX2): one row is bound by
+ * memory and wants many weight streams (1 x 8); from 3-4 rows on, the most accumulators
+ * that fit the 16 vector registers (3 x 4, 4 x 3) did best. Those tiles compute ~25-35
+ * GFMA/s on two cores, well under the ~100 of their FMA units: GCC folds the weight
+ * loads into the FMAs, so the loop is bound by loads (other shapes, pinned operands and
+ * prefetching measured within noise; docs/BENCHMARKS.md). */
 static void plan(int M, int *nr, int *mr) {
   static const int NR[] = {0, 8, 6, 4, 3, 4, 4, 3, 3};
   *nr = M <= 8 ? NR[M] : 3;
