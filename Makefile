@@ -25,7 +25,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) blas browser
 
-# OpenBLAS from Debian, a C compiler for the kernel, then the kernel built once.
+# OpenBLAS from Debian, a C/C++ compiler for the kernel and for MLX's CPU JIT (which
+# calls g++: engine/jit_front.py), then the kernel built once.
 blas: $(STAMP)
 	@if [ "$$(uname)" = Linux ] && [ -z "$$($(FIND_OPENBLAS))" ] && command -v apt-get >/dev/null; then \
 	  echo "installing OpenBLAS (libopenblas0-pthread) for MLX's CPU backend"; \
@@ -33,11 +34,12 @@ blas: $(STAMP)
 	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq libopenblas0-pthread; } || \
 	  echo "warning: OpenBLAS not installed; MLX on CPU will be slow"; \
 	fi
-	@if [ "$$(uname)" = Linux ] && ! command -v cc >/dev/null && command -v apt-get >/dev/null; then \
-	  echo "installing gcc for the skinny-GEMM kernel"; \
-	  $(SUDO) apt-get install -y -qq gcc >/dev/null 2>&1 || \
-	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq gcc; } || \
-	  echo "warning: no C compiler; OpenBLAS alone will run MLX's matmuls"; \
+	@if [ "$$(uname)" = Linux ] && ! { command -v cc && command -v g++; } >/dev/null && \
+	  command -v apt-get >/dev/null; then \
+	  echo "installing g++ for the skinny-GEMM kernel and MLX's CPU JIT"; \
+	  $(SUDO) apt-get install -y -qq g++ >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq g++; } || \
+	  echo "warning: no C/C++ compiler; OpenBLAS alone will run MLX's matmuls"; \
 	fi
 	@$(PY) -m engine.fast_blas
 

@@ -17,6 +17,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
+from engine import exp_kernels
 from engine.decode import PREFILL_STEP
 from engine.kv_cache import BatchKVCache, KVCache
 from engine.sampling import LogitsProcessor, Sampler
@@ -90,7 +91,7 @@ def sample_rows(
                     one = processor(row.seen, one)
             processed.append(one)
         logits = mx.concatenate(processed)
-    logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    logprobs = logits - exp_kernels.logsumexp(logits)
     greedy = mx.argmax(logprobs, axis=-1)
     if all(row.sampler is None for row in rows):
         return greedy, logprobs

@@ -17,6 +17,7 @@ from typing import Any
 
 import mlx.core as mx
 
+from engine import exp_kernels
 from engine.acceptance import accept_drafts
 from engine.batch import Batch, Row, Step
 from engine.draft_choice import SourceChooser
@@ -120,7 +121,7 @@ class SpecBatch(Batch):
         for i, (row, d) in enumerate(zip(self.rows, drafts, strict=True)):
             if not row.processors:
                 if plain is None:
-                    plain = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+                    plain = logits - exp_kernels.logsumexp(logits)
                 rows.append(plain[i, : len(d) + 1])
                 continue
             seen = mx.array(row.history[row.seen_from :] + d)

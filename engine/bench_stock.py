@@ -15,14 +15,16 @@ import subprocess
 import sys
 import time
 
+from engine import jit_front
 from engine.fast_blas import MARKER
 
 STRIPPED = ("LD_PRELOAD",)
 
 
 def stock_env() -> dict[str, str]:
-    """This process's environment without the fast path's preload."""
-    env = {k: v for k, v in os.environ.items() if k not in STRIPPED}
+    """This process's environment without the fast path's preload and JIT front."""
+    env = jit_front.without(dict(os.environ))
+    env = {k: v for k, v in env.items() if k not in STRIPPED}
     env[MARKER] = "off"
     return env
 

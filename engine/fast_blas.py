@@ -7,7 +7,9 @@ float32 matrices many times slower than OpenBLAS (DESIGN.md). MLX resolves
 ``engine/native/skinny_gemm.c``, compiled here once per machine, which takes the
 products with few rows (decode steps, speculative verifies, small batches) at memory
 speed and passes every other call on to OpenBLAS. Either piece is optional: without a C
-compiler OpenBLAS alone is preloaded; without OpenBLAS nothing changes.
+compiler OpenBLAS alone is preloaded; without OpenBLAS nothing changes. The same
+environment routes MLX's elementwise JIT through a ``g++`` front that compiles for this
+CPU's vector unit (engine/jit_front.py).
 
 Standard library only: this runs before anything heavy is imported.
 """
@@ -22,9 +24,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from importlib.util import find_spec
 from pathlib import Path
+
+from engine import jit_front
 
 SOURCE = Path(__file__).with_name("native") / "skinny_gemm.c"
 MARKER = "SILICA_FAST_BLAS"  # set in the re-executed process; "off" disables the path
@@ -43,16 +47,17 @@ class FastBlas:
 
     preload: tuple[str, ...]
     reason: str
+    jit: dict[str, str] = field(default_factory=dict)  # jit_front.env(), maybe {}
 
     def env(self) -> dict[str, str]:
         """Environment additions for a process that should run on the fast path."""
         if not self.preload:
-            return {MARKER: "none"}
+            return {**self.jit, MARKER: "none"}
         preload = ":".join([*self.preload, os.environ.get("LD_PRELOAD", "")]).strip(":")
         # OpenMP's default wait policy (spin briefly, then sleep) is kept on purpose:
         # PASSIVE made a decode step ~20% slower (a futex wake per product), ACTIVE
         # spins forever and starves OpenBLAS and the server threads.
-        return {"LD_PRELOAD": preload, MARKER: "on"}
+        return {**self.jit, "LD_PRELOAD": preload, MARKER: "on"}
 
 
 def bundles_reference_blas() -> bool:
@@ -130,6 +135,13 @@ def plan(cache_dir: Path) -> FastBlas:
     """Decide what to preload on this machine (builds the kernel if needed)."""
     if os.environ.get(MARKER) == "off":
         return FastBlas((), f"disabled by {MARKER}=off")
+    chosen = _plan_blas(cache_dir)
+    if jit := jit_front.env(cache_dir):
+        return replace(chosen, reason=f"{chosen.reason}; native-ISA MLX JIT", jit=jit)
+    return chosen
+
+
+def _plan_blas(cache_dir: Path) -> FastBlas:
     if not bundles_reference_blas():
         return FastBlas((), "MLX here does not use the bundled reference BLAS")
     openblas = find_openblas()
@@ -175,7 +187,11 @@ def in_use() -> str:
     if "libopenblas" in maps:
         names.append("OpenBLAS")
     if not names:
-        return "reference BLAS (slow)" if "mlx_cpu.libs/libblas" in maps else "MLX BLAS"
+        names.append(
+            "reference BLAS (slow)" if "mlx_cpu.libs/libblas" in maps else "MLX BLAS"
+        )
+    if jit_front.active():
+        names.append("native-ISA JIT")
     return " + ".join(names)
 
 

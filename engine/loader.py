@@ -11,7 +11,7 @@ from mlx.utils import tree_flatten
 from mlx_lm.utils import get_total_parameters
 
 from convert import load_checked
-from engine import fast_blas
+from engine import exp_kernels, fast_blas
 from engine.compute_format import (
     FormatChoice,
     choose,
@@ -48,6 +48,7 @@ def load_into(
     Note: ``models`` is updated in place.
     """
     model, tokenizer, config = load_checked(path)
+    exp_kernels.install()  # attention's softmax in vectorized kernels, same bits
     if kv.bits:
         kv.group_size(head_dim(config))  # refuse before widening anything
     choice = _pick_format(model, compute_format, room)

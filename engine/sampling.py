@@ -18,6 +18,7 @@ from mlx_lm.sample_utils import (
     make_logits_processors,
 )
 
+from engine import exp_kernels
 from engine.schema import SamplingParams
 
 Sampler = Callable[[mx.array], mx.array]  # logprobs (1, vocab) -> token ids (1,)
@@ -99,4 +100,4 @@ def normalize(
                 row = processor(seen(j), row)
             rows.append(row)
         logits = mx.concatenate(rows)
-    return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    return logits - exp_kernels.logsumexp(logits)

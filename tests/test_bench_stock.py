@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-import os
-
-from engine import fast_blas
+from engine import fast_blas, jit_front
 from engine.bench import BenchRow
 from engine.bench_stock import render_stock, stock_env, stock_rows
 
 
 def test_child_environment_drops_the_fast_path(monkeypatch):
     monkeypatch.setenv("LD_PRELOAD", "/x/skinny.so:/x/libopenblas.so.0")
+    monkeypatch.setenv("PATH", "/cache/silica/jit:/usr/bin:/bin")
+    monkeypatch.setenv("TMPDIR", "/tmp/silica-1000")
+    monkeypatch.setenv(jit_front.MARKER, "/cache/silica/jit")
     env = stock_env()
     assert "LD_PRELOAD" not in env
     assert env[fast_blas.MARKER] == "off"
-    assert env["PATH"] == os.environ["PATH"]
+    # MLX's JIT back to plain g++, and its kernel cache back to the shared one
+    assert env["PATH"] == "/usr/bin:/bin"
+    assert env["TMPDIR"] == "/tmp"
+    assert jit_front.MARKER not in env
 
 
 def test_stock_rows_measure_the_stored_model(tiny_model_dir):
