@@ -16,15 +16,19 @@ import sys
 import time
 
 from engine import jit_front
-from engine.fast_blas import MARKER
+from engine.fast_blas import HUGE_PAGES, MARKER, TUNABLES
 
 STRIPPED = ("LD_PRELOAD",)
 
 
 def stock_env() -> dict[str, str]:
-    """This process's environment without the fast path's preload and JIT front."""
+    """This process's environment without the fast path: preload, JIT front, huge
+    pages."""
     env = jit_front.without(dict(os.environ))
     env = {k: v for k, v in env.items() if k not in STRIPPED}
+    tunables = [t for t in env.pop(TUNABLES, "").split(":") if t and t != HUGE_PAGES]
+    if tunables:
+        env[TUNABLES] = ":".join(tunables)
     env[MARKER] = "off"
     return env
 

@@ -12,8 +12,10 @@ def test_child_environment_drops_the_fast_path(monkeypatch):
     monkeypatch.setenv("PATH", "/cache/silica/jit:/usr/bin:/bin")
     monkeypatch.setenv("TMPDIR", "/tmp/silica-1000")
     monkeypatch.setenv(jit_front.MARKER, "/cache/silica/jit")
+    monkeypatch.setenv(fast_blas.TUNABLES, f"glibc.a=1:{fast_blas.HUGE_PAGES}")
     env = stock_env()
     assert "LD_PRELOAD" not in env
+    assert env[fast_blas.TUNABLES] == "glibc.a=1"  # the user's own tunables stay
     assert env[fast_blas.MARKER] == "off"
     # MLX's JIT back to plain g++, and its kernel cache back to the shared one
     assert env["PATH"] == "/usr/bin:/bin"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import fast_blas
+from engine import fast_blas, jit_front
 
 ROOT = Path(__file__).resolve().parents[1]
 # `make install` puts OpenBLAS and gcc in place: under CI these run (and fail) always.
@@ -132,9 +132,47 @@ def test_unwritable_cache_falls_back_instead_of_failing(tmp_path):
 def test_no_openblas_says_how_to_install_it(tmp_path, monkeypatch):
     monkeypatch.setenv(fast_blas.OPENBLAS_ENV, str(tmp_path / "missing.so"))
     monkeypatch.setattr(fast_blas, "bundles_reference_blas", lambda: True)
+    monkeypatch.setattr(jit_front, "env", lambda cache_dir: {})
     plan = fast_blas.plan(tmp_path)
     assert plan.preload == () and "apt install libopenblas0-pthread" in plan.reason
     assert plan.env() == {fast_blas.MARKER: "none"}
+
+
+def test_the_plan_carries_the_jit_front_and_huge_pages(tmp_path, monkeypatch):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setattr(fast_blas, "bundles_reference_blas", lambda: True)
+    monkeypatch.setattr(
+        fast_blas, "find_openblas", lambda: Path("/lib/libopenblas.so.0")
+    )
+    front = {"PATH": "/front:/usr/bin", jit_front.MARKER: "/front"}
+    monkeypatch.setattr(jit_front, "env", lambda cache_dir: front)
+    monkeypatch.delenv(fast_blas.TUNABLES, raising=False)
+    plan = fast_blas.plan(tmp_path)
+    assert plan.reason.endswith("native-ISA MLX JIT")
+    env = plan.env()
+    assert env["PATH"] == "/front:/usr/bin" and env[jit_front.MARKER] == "/front"
+    assert env[fast_blas.TUNABLES] == fast_blas.HUGE_PAGES
+    monkeypatch.setenv(fast_blas.TUNABLES, "glibc.a=1")  # the user's own are kept
+    tunables = fast_blas.plan(tmp_path).env()[fast_blas.TUNABLES]
+    assert tunables == f"glibc.a=1:{fast_blas.HUGE_PAGES}"
+
+
+THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+HUGE = r"""
+import mlx.core as mx, re
+w = mx.ones((64 << 20,))  # 256 MB, as a model's weights are allocated
+mx.eval(w)
+rollup = open("/proc/self/smaps_rollup").read()
+print(int(re.search(r"AnonHugePages:\s+(\d+) kB", rollup).group(1)) // 1024)
+"""
+
+
+@NEEDS_FAST_PATH
+@pytest.mark.skipif(
+    THP.is_file() and "[never]" in THP.read_text(), reason="huge pages off here"
+)
+def test_weights_land_on_huge_pages_on_the_fast_path():
+    assert int(run_fast(HUGE).strip()) >= 128  # MB of the 256 on 2 MB pages
 
 
 def test_off_switch(tmp_path, monkeypatch):
