@@ -6,10 +6,10 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 import pytest
-from mlx_lm.models import llama
 from mlx_lm.models.cache import BatchKVCache, make_prompt_cache
 
 from engine import exp_kernels
+from tests.test_quality import make_model
 
 MLX_ATTENTION = exp_kernels._mlx_attention
 
@@ -108,23 +108,6 @@ def test_sinks_and_half_precision_go_to_mlx():
     assert same_bits(got.astype(mx.float32), want.astype(mx.float32))
 
 
-def tiny_llama() -> llama.Model:
-    args = llama.ModelArgs(
-        model_type="llama",
-        hidden_size=128,
-        num_hidden_layers=2,
-        intermediate_size=256,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        rms_norm_eps=1e-5,
-        vocab_size=300,
-    )
-    mx.random.seed(3)
-    model = llama.Model(args)
-    mx.eval(model.parameters())
-    return model
-
-
 def run_model(model) -> list[mx.array]:
     """Logits of a prefill, a 4-row verify, and two steps of a left-padded batch."""
     out = []
@@ -138,7 +121,7 @@ def run_model(model) -> list[mx.array]:
 
 
 def test_a_model_gives_the_same_logits_with_the_kernels_installed(monkeypatch):
-    model = tiny_llama()
+    model = make_model(seed=3)  # a 2-layer llama with grouped KV heads
     monkeypatch.setattr(mx.fast, "scaled_dot_product_attention", MLX_ATTENTION)
     want = run_model(model)
     assert exp_kernels.install()
