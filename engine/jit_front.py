@@ -64,17 +64,18 @@ def write_front(cache_dir: Path) -> Path | None:
     if compiler is None:
         return None
     script = f'#!/bin/sh\nexec "{compiler}" "$@" {" ".join(FLAGS)}\n'
-    front = folder / "g++"
+    front, staging = folder / "g++", folder / f".g++.{os.getpid()}"
     try:
         if front.is_file() and front.read_text() == script:
             return folder
         folder.mkdir(parents=True, exist_ok=True)
-        staging = folder / f".g++.{os.getpid()}"
         staging.write_text(script)
         staging.chmod(0o755)
         os.replace(staging, front)  # atomic: MLX never runs a half-written front
     except OSError:
         return None
+    finally:
+        staging.unlink(missing_ok=True)
     return folder
 
 
@@ -123,8 +124,9 @@ def without(environ: dict[str, str]) -> dict[str, str]:
     out = {k: v for k, v in environ.items() if k != MARKER}
     parts = out.get("PATH", "").split(os.pathsep)
     out["PATH"] = os.pathsep.join(p for p in parts if p != front)
-    if "TMPDIR" in out:
-        out["TMPDIR"] = str(Path(out["TMPDIR"]).parent)
+    tmp = Path(out.get("TMPDIR", ""))
+    if tmp.name == f"silica-{os.getuid()}":
+        out["TMPDIR"] = str(tmp.parent)
     return out
 
 

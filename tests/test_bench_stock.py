@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from engine import fast_blas, jit_front
 from engine.bench import BenchRow
 from engine.bench_stock import render_stock, stock_env, stock_rows
@@ -10,7 +12,7 @@ from engine.bench_stock import render_stock, stock_env, stock_rows
 def test_child_environment_drops_the_fast_path(monkeypatch):
     monkeypatch.setenv("LD_PRELOAD", "/x/skinny.so:/x/libopenblas.so.0")
     monkeypatch.setenv("PATH", "/cache/silica/jit:/usr/bin:/bin")
-    monkeypatch.setenv("TMPDIR", "/tmp/silica-1000")
+    monkeypatch.setenv("TMPDIR", f"/tmp/silica-{os.getuid()}")
     monkeypatch.setenv(jit_front.MARKER, "/cache/silica/jit")
     monkeypatch.setenv(fast_blas.TUNABLES, f"glibc.a=1:{fast_blas.HUGE_PAGES}")
     env = stock_env()

@@ -105,6 +105,8 @@ def test_env_and_without_round_trip(tmp_path, monkeypatch):
     assert back["PATH"] == os.environ["PATH"]
     assert back["TMPDIR"] == str(tmp_path)
     assert jit_front.MARKER not in back
+    mine = {**child, "TMPDIR": "/scratch"}  # a TMPDIR the user set later stays
+    assert jit_front.without(mine)["TMPDIR"] == "/scratch"
     monkeypatch.setenv(jit_front.MARKER, added[jit_front.MARKER])
     assert jit_front.env(tmp_path / "cache") == {}  # already on the front
     monkeypatch.delenv(jit_front.MARKER)
