@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from convert import catalog
+
+
+def pytest_report_header(config) -> str:
+    # A full run writes several GB of converted models under the temp dir at once;
+    # when a CI disk runs out, this line says so before the failures do.
+    free = shutil.disk_usage(tempfile.gettempdir()).free / 2**30
+    return f"temp dir {tempfile.gettempdir()}: {free:.1f} GiB free"
 
 
 @pytest.fixture(scope="session")
