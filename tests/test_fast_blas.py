@@ -74,12 +74,17 @@ def test_plan_preloads_kernel_then_openblas():
 @NEEDS_FAST_PATH
 def test_skinny_products_match_numpy_and_do_not_depend_on_other_rows():
     # (rows, inner, outer, bias, B transposed or not): tails in every dimension, the
-    # largest row count the kernel takes, attention-sized products (keys, values),
-    # and shapes it must hand to OpenBLAS (17 rows; large values).
+    # largest row count the kernel takes, every tile plan (one row; wide tiles; one
+    # weight row against up to 8 short rows, with a remainder block), attention-sized
+    # products (keys, values), and shapes it must hand to OpenBLAS (17 rows; large
+    # values).
     shapes = [
         (1, 576, 1536, False, "t"),
         (3, 1003, 517, True, "t"),
         (8, 1536, 576, False, "t"),
+        (5, 1100, 64, False, "t"),
+        (8, 1003, 517, True, "t"),
+        (13, 576, 203, False, "t"),
         (16, 64, 1031, True, "t"),
         (4, 32, 32, False, "t"),
         (3, 64, 203, False, "t"),
@@ -90,11 +95,11 @@ def test_skinny_products_match_numpy_and_do_not_depend_on_other_rows():
     ]
     results = json.loads(run_fast(MATMULS, json.dumps(shapes)))
     took = [r["took"] for r in results]
-    assert took == [True] * 8 + [False] * 2
+    assert took == [True] * 11 + [False] * 2
     for shape, result in zip(shapes, results, strict=True):
         assert result["err"] < 1e-5, (shape, result)
     # The kernel's rows are bit-identical whatever M is; OpenBLAS's need not be.
-    assert all(r["row0_same"] for r in results[:8])
+    assert all(r["row0_same"] for r in results[:11])
 
 
 def test_kernel_is_built_once_and_reused(tmp_path):

@@ -28,7 +28,7 @@ enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };
 #endif
 #define SMALL_NN_WEIGHTS (1L << 18) /* values of an attention step, up to 1 MB */
 #define LANES 8
-#define MAX_MR 4 /* activation rows per tile */
+#define MAX_MR 8 /* activation rows per tile */
 #define MAX_NR 8 /* weight rows per tile */
 #ifndef SKINNY_PARALLEL_WEIGHTS
 #define SKINNY_PARALLEL_WEIGHTS (1L << 18) /* 1 MB of float32 weights */
@@ -110,15 +110,23 @@ tile(const int MR, const int NR, const float *x, int ldx, const float *w, int ld
             beta);
 }
 
-/* The tile shape for M activation rows: NR weight rows per step, taken by blocks of
- * up to MR activation rows. Measured on this 2-core Zen 3 (AVX2): one row is bound by
- * memory and wants many weight streams (1 x 8); from 3-4 rows on, the most accumulators
- * that fit the 16 vector registers (3 x 4, 4 x 3) did best. Those tiles compute ~25-35
- * GFMA/s on two cores, well under the ~100 of their FMA units: GCC folds the weight
- * loads into the FMAs, so the loop is bound by loads (other shapes, pinned operands and
- * prefetching measured within noise; docs/BENCHMARKS.md). */
-static void plan(int M, int *nr, int *mr) {
+/* The tile shape for M activation rows of length K: NR weight rows per step, taken by
+ * blocks of up to MR activation rows. Measured on this 2-core Zen 3 (AVX2), with the
+ * weights coming from memory as in decoding (docs/BENCHMARKS.md):
+ * - One row is bound by memory and wants many weight streams (1 x 8).
+ * - From 4 rows on, with short rows (K <= 1024, so a block of 8 activation rows stays
+ *   in L1), one weight row against all of them (M x 1, one weight stream) reads the
+ *   weights 15-30% faster than wider tiles.
+ * - Otherwise the most accumulators that fit the 16 vector registers (3 x 4, 4 x 3)
+ *   did best; there a block of activation rows outgrows L1, and reusing each load
+ *   across several weight rows pays. */
+static void plan(int M, int K, int *nr, int *mr) {
   static const int NR[] = {0, 8, 6, 4, 3, 4, 4, 3, 3};
+  if (M >= 4 && K <= 1024) {
+    *nr = 1;
+    *mr = MAX_MR;
+    return;
+  }
   *nr = M <= 8 ? NR[M] : 3;
   *mr = *nr == 8 ? 1 : *nr == 6 ? 2 : *nr == 4 ? 3 : 4;
 }
@@ -134,6 +142,8 @@ static void block(int MR, int NR, const float *x, int ldx, const float *w, int l
   switch (MR * 16 + NR) {
     TILE(1, 8) TILE(2, 6) TILE(1, 6) TILE(3, 4) TILE(2, 4) TILE(1, 4)
     TILE(4, 3) TILE(3, 3) TILE(2, 3) TILE(1, 3)
+    TILE(8, 1) TILE(7, 1) TILE(6, 1) TILE(5, 1) TILE(4, 1) TILE(3, 1) TILE(2, 1)
+    TILE(1, 1)
   }
 #undef TILE
   for (int i = 0; i < MR; i++) /* not reached: plan() only makes the shapes above */
@@ -146,7 +156,7 @@ static void block(int MR, int NR, const float *x, int ldx, const float *w, int l
 static void rows(int n0, int n1, int M, const float *A, int lda, const float *B, int ldb,
                  int K, float alpha, float beta, float *C, int ldc) {
   int nr, mr, n = n0;
-  plan(M, &nr, &mr);
+  plan(M, K, &nr, &mr);
   for (; n + nr <= n1; n += nr)
     for (int m = 0; m < M; m += mr)
       block(M - m < mr ? M - m : mr, nr, A + (size_t)m * lda, lda, B + (size_t)n * ldb,
@@ -167,7 +177,7 @@ static void skinny(int M, int N, int K, float alpha, const float *A, int lda,
     return;
   }
   int nr, mr;
-  plan(M, &nr, &mr);
+  plan(M, K, &nr, &mr);
   int per = (N + 4 * omp_get_max_threads() - 1) / (4 * omp_get_max_threads());
   int chunk = (per + nr - 1) / nr * nr;
   int tasks = (N + chunk - 1) / chunk;
