@@ -103,7 +103,14 @@ def _controls(
         "system": gr.Textbox(
             PRESETS[DEFAULT_PRESET].system, label=t("system"), lines=3
         ),
-        "temperature": gr.Slider(0, 2, value=0.7, step=0.05, label=t("temperature")),
+        "temperature": gr.Slider(
+            0,
+            2,
+            value=0.7,
+            step=0.05,
+            label=t("temperature"),
+            elem_id="chat-temperature",
+        ),
         "top_p": gr.Slider(0.05, 1, value=1.0, step=0.05, label=t("top_p")),
         "top_k": gr.Slider(0, 200, value=0, step=1, label=t("top_k")),
         "max_tokens": gr.Slider(
