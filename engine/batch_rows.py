@@ -81,7 +81,7 @@ def new_batch(
     if kind == "plain":
         return Batch(loaded.model, stream)
     if kind == "draft":
-        return DraftBatch(loaded.model, draft.model, stream)
+        return DraftBatch(loaded.model, draft.drafting(), stream)
     return SpecBatch(loaded.model, stream)
 
 

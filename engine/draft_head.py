@@ -17,6 +17,9 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
+from engine import packed_bf16
+from engine.packed_bf16 import PackedLinear
+
 # Token ids the draft head keeps, besides the text's own. Qwen2.5-Coder's code answers
 # fall outside the first 32768 ids often enough to cut acceptance from 0.90 to 0.72;
 # within the first 49152 they did not move it (``silica bench``'s code workload).
@@ -63,6 +66,7 @@ class ReducedHead:
         self.vocab = model.args.vocab_size
         self.layer = model.lm_head if "lm_head" in model else model.model.embed_tokens
         self.first = _rows(self.layer, slice(0, size))
+        self.first_bf16 = _packed(self.first)
         self.extra: list[int] = []  # kept ids >= size, in the order added
         self.extra_ids = mx.array([], mx.int32)  # the same, for indexing
         self.extra_rows: dict[str, mx.array] = {}
@@ -76,7 +80,10 @@ class ReducedHead:
         if not self.active:
             return self.model(inputs, cache=cache)
         hidden = self.model.model(inputs, cache)
-        first = _project(self.layer, self.first, hidden)
+        if self.first_bf16 is not None:
+            first = self.first_bf16(hidden)
+        else:
+            first = _project(self.layer, self.first, hidden)
         shape = (*first.shape[:-1], self.vocab - self.size)
         rest = mx.full(shape, -mx.inf, first.dtype)
         logits = mx.concatenate([first, rest], axis=-1)
@@ -105,6 +112,15 @@ def _rows(layer: nn.Module, index: Any) -> dict[str, mx.array]:
     """The head's arrays (weight, quantization scales and biases, bias) at ``index``."""
     names = ("weight", "scales", "biases", "bias")
     return {name: layer[name][index] for name in names if name in layer}
+
+
+def _packed(rows: dict[str, mx.array]) -> PackedLinear | None:
+    """The rows as bfloat16 for the kernel (``engine.packed_bf16``) where it runs and
+    they are float32: a draft's head read at half the bytes."""
+    weight = rows["weight"]
+    if "scales" in rows or weight.dtype != mx.float32 or weight.shape[-1] % 2:
+        return None
+    return PackedLinear(weight, rows.get("bias")) if packed_bf16.available() else None
 
 
 def _project(layer: nn.Module, rows: dict[str, mx.array], hidden: mx.array) -> mx.array:

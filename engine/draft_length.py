@@ -143,15 +143,19 @@ def measured_costs(
     row_costs = tuple(max(costs[: r + 1]) for r in range(len(costs)))
     if draft is None:
         return DraftCosts(row_costs)
-    draft_seconds = _forward_seconds(draft, cache_dir, stream)
+    draft_seconds = _forward_seconds(draft, cache_dir, stream, drafting=True)
     return DraftCosts(row_costs, draft_seconds[0] / seconds[0])
 
 
-def _forward_seconds(loaded: Any, cache_dir: Path, stream: mx.Stream) -> list[float]:
+def _forward_seconds(
+    loaded: Any, cache_dir: Path, stream: mx.Stream, drafting: bool = False
+) -> list[float]:
     # Keyed by the architecture, not the path: same shapes, same costs.
-    info, model = loaded.info, loaded.model
+    info = loaded.info
+    model = loaded.drafting() if drafting else loaded.model
     detail = (
         f"{loaded.config.get('model_type')}-{info.parameters}-{info.compute_format}"
+        + ("-packed-bf16" if model is not loaded.model else "")
     )
     name = f"forward-rows-{MEASURE_VERSION}"
     return machine_table.measured(

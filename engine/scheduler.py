@@ -209,7 +209,7 @@ class Scheduler:
         if kind == "draft":  # a cache of its own that holds what the target's does
             draft = self._loaded(request.draft_model)
             self._make_room(draft, params.n * (len(tokens) + params.max_tokens))
-            draft_cache = prefill_draft(draft.model, tokens, self._stream)
+            draft_cache = prefill_draft(draft.drafting(), tokens, self._stream)
         runs, rows = [], []
         for index in range(params.n):
             sequence = Sequence(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
@@ -9,12 +11,18 @@ import pytest
 from mlx_lm import load
 from mlx_lm.models.cache import make_prompt_cache
 
+from engine import packed_bf16
 from engine.bench import WORKLOADS
 from engine.draft_head import ReducedHead, reduced_head
 from engine.speculative import SpecStats
 from tests.test_speculative import GREEDY, PROMPT, plain_greedy, speculate, tiny_llama
 
 VOCAB, SIZE = 64, 16
+# `make test` runs pytest with the kernel preloaded: under CI this runs (and fails).
+KERNEL_IN_PROCESS = pytest.mark.skipif(
+    not os.environ.get("CI") and not packed_bf16.available(),
+    reason="pytest without the CPU fast path preloaded (run it with `make test`)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +49,8 @@ def test_only_a_large_plain_head_is_cut():
 
 
 @pytest.mark.parametrize("quantized", [False, True])
-def test_kept_ids_have_the_model_logits_and_the_rest_minus_inf(quantized):
+def test_kept_ids_have_the_model_logits_and_the_rest_minus_inf(quantized, monkeypatch):
+    monkeypatch.setattr(packed_bf16, "available", lambda: False)  # float32 head
     model = tiny_llama(0, vocab=VOCAB)
     if quantized:
         nn.quantize(model, group_size=32, bits=4)
@@ -52,6 +61,19 @@ def test_kept_ids_have_the_model_logits_and_the_rest_minus_inf(quantized):
     np.testing.assert_allclose(reduced[:, kept], full[:, kept], rtol=1e-4, atol=1e-4)
     dropped = np.setdiff1d(np.arange(VOCAB), kept)
     assert np.all(np.isneginf(reduced[:, dropped]))
+
+
+@KERNEL_IN_PROCESS
+def test_on_the_kernel_the_first_ids_come_from_a_bfloat16_head():
+    model = tiny_llama(0, vocab=VOCAB)
+    head = ReducedHead(model, [1, 2], SIZE)
+    assert head.first_bf16 is not None
+    inputs = mx.array([[3, 9, 5]])
+    hidden = model.model(inputs, make_prompt_cache(model))
+    rounded = head.first["weight"].astype(mx.bfloat16).astype(mx.float32)
+    want = np.array(hidden @ rounded.T)[0]
+    got = np.array(head(inputs, cache=make_prompt_cache(model)))[0, :, :SIZE]
+    np.testing.assert_array_equal(got, want)
 
 
 def test_tokens_fed_later_join_and_a_text_beyond_the_subset_turns_it_off():
