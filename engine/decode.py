@@ -13,7 +13,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.generate import generate_step
 
-from engine import packed_bf16
+from engine import int8_linear
 from engine.draft_length import DraftCosts
 from engine.kv_cache import KVOptions
 from engine.memory_budget import head_dim
@@ -51,12 +51,12 @@ class LoadedModel:
 
     def drafting(self) -> nn.Module:
         """The module to draft with: on the CPU fast path a copy reading its decoder
-        layers' weights as bfloat16 (``engine.packed_bf16``; ~0.35x the float32
+        layers' weights as int8 (``engine.int8_linear``; a quarter of the float32
         size of those weights, held while this model is), else ``model``. Built on
         first use, on the worker thread."""
         if self._drafting is None:
-            packed = packed_bf16.available() and packed_bf16.packed_copy(self.model)
-            self._drafting = packed or self.model
+            narrow = int8_linear.available() and int8_linear.int8_copy(self.model)
+            self._drafting = narrow or self.model
         return self._drafting
 
 

@@ -17,8 +17,8 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from engine import packed_bf16
-from engine.packed_bf16 import PackedLinear
+from engine import int8_linear
+from engine.int8_linear import Int8Linear
 
 # Token ids the draft head keeps, besides the text's own. Qwen2.5-Coder's code answers
 # fall outside the first 32768 ids often enough to cut acceptance from 0.90 to 0.72;
@@ -66,7 +66,7 @@ class ReducedHead:
         self.vocab = model.args.vocab_size
         self.layer = model.lm_head if "lm_head" in model else model.model.embed_tokens
         self.first = _rows(self.layer, slice(0, size))
-        self.first_bf16 = _packed(self.first)
+        self.first_int8 = _int8(self.first)
         self.extra: list[int] = []  # kept ids >= size, in the order added
         self.extra_ids = mx.array([], mx.int32)  # the same, for indexing
         self.extra_rows: dict[str, mx.array] = {}
@@ -80,8 +80,8 @@ class ReducedHead:
         if not self.active:
             return self.model(inputs, cache=cache)
         hidden = self.model.model(inputs, cache)
-        if self.first_bf16 is not None:
-            first = self.first_bf16(hidden)
+        if self.first_int8 is not None:
+            first = self.first_int8(hidden)
         else:
             first = _project(self.layer, self.first, hidden)
         shape = (*first.shape[:-1], self.vocab - self.size)
@@ -114,13 +114,13 @@ def _rows(layer: nn.Module, index: Any) -> dict[str, mx.array]:
     return {name: layer[name][index] for name in names if name in layer}
 
 
-def _packed(rows: dict[str, mx.array]) -> PackedLinear | None:
-    """The rows as bfloat16 for the kernel (``engine.packed_bf16``) where it runs and
-    they are float32: a draft's head read at half the bytes."""
+def _int8(rows: dict[str, mx.array]) -> Int8Linear | None:
+    """The rows as int8 for the kernel (``engine.int8_linear``) where it runs and they
+    are float32: a draft's head read at a quarter of the bytes."""
     weight = rows["weight"]
-    if "scales" in rows or weight.dtype != mx.float32 or weight.shape[-1] % 2:
+    if "scales" in rows or weight.dtype != mx.float32 or weight.shape[-1] % 4:
         return None
-    return PackedLinear(weight, rows.get("bias")) if packed_bf16.available() else None
+    return Int8Linear(weight, rows.get("bias")) if int8_linear.available() else None
 
 
 def _project(layer: nn.Module, rows: dict[str, mx.array], hidden: mx.array) -> mx.array:

@@ -155,7 +155,7 @@ def _forward_seconds(
     model = loaded.drafting() if drafting else loaded.model
     detail = (
         f"{loaded.config.get('model_type')}-{info.parameters}-{info.compute_format}"
-        + ("-packed-bf16" if model is not loaded.model else "")
+        + ("-int8" if model is not loaded.model else "")
     )
     name = f"forward-rows-{MEASURE_VERSION}"
     return machine_table.measured(

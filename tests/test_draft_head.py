@@ -11,7 +11,7 @@ import pytest
 from mlx_lm import load
 from mlx_lm.models.cache import make_prompt_cache
 
-from engine import packed_bf16
+from engine import int8_linear
 from engine.bench import WORKLOADS
 from engine.draft_head import ReducedHead, reduced_head
 from engine.speculative import SpecStats
@@ -20,7 +20,7 @@ from tests.test_speculative import GREEDY, PROMPT, plain_greedy, speculate, tiny
 VOCAB, SIZE = 64, 16
 # `make test` runs pytest with the kernel preloaded: under CI this runs (and fails).
 KERNEL_IN_PROCESS = pytest.mark.skipif(
-    not os.environ.get("CI") and not packed_bf16.available(),
+    not os.environ.get("CI") and not int8_linear.available(),
     reason="pytest without the CPU fast path preloaded (run it with `make test`)",
 )
 
@@ -50,7 +50,7 @@ def test_only_a_large_plain_head_is_cut():
 
 @pytest.mark.parametrize("quantized", [False, True])
 def test_kept_ids_have_the_model_logits_and_the_rest_minus_inf(quantized, monkeypatch):
-    monkeypatch.setattr(packed_bf16, "available", lambda: False)  # float32 head
+    monkeypatch.setattr(int8_linear, "available", lambda: False)  # float32 head
     model = tiny_llama(0, vocab=VOCAB)
     if quantized:
         nn.quantize(model, group_size=32, bits=4)
@@ -64,16 +64,19 @@ def test_kept_ids_have_the_model_logits_and_the_rest_minus_inf(quantized, monkey
 
 
 @KERNEL_IN_PROCESS
-def test_on_the_kernel_the_first_ids_come_from_a_bfloat16_head():
+def test_on_the_kernel_the_first_ids_come_from_an_int8_head():
     model = tiny_llama(0, vocab=VOCAB)
     head = ReducedHead(model, [1, 2], SIZE)
-    assert head.first_bf16 is not None
+    assert head.first_int8 is not None
     inputs = mx.array([[3, 9, 5]])
     hidden = model.model(inputs, make_prompt_cache(model))
-    rounded = head.first["weight"].astype(mx.bfloat16).astype(mx.float32)
-    want = np.array(hidden @ rounded.T)[0]
+    int8 = head.first_int8
+    weight = int8.packed.view(mx.int8).astype(mx.float32)
+    want = np.array((hidden @ weight.T) * int8.scales)[0]
     got = np.array(head(inputs, cache=make_prompt_cache(model)))[0, :, :SIZE]
-    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    full = np.array(model(inputs, cache=make_prompt_cache(model)))[0, :, :SIZE]
+    np.testing.assert_allclose(got, full, atol=0.05 * np.abs(full).max())
 
 
 def test_tokens_fed_later_join_and_a_text_beyond_the_subset_turns_it_off():

@@ -9,8 +9,8 @@
  * batched or speculative verify forward gives bit-identical rows to a one-row forward.
  * It also takes a decode step's attention products, a few small ones per sequence and
  * KV head, which OpenBLAS answers slowly for their size (~8 us a call). And it takes
- * products whose weights are bfloat16 (engine/packed_bf16.py, marked by alpha), at half
- * the bytes. Every other call goes to the next cblas_sgemm in link order (OpenBLAS).
+ * products whose weights are int8 (engine/int8_linear.py, marked by alpha), a quarter
+ * of the bytes. Every other call goes to the next cblas_sgemm in link order (OpenBLAS).
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -37,13 +37,12 @@ enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };
 #ifndef SKINNY_PARALLEL_WEIGHTS
 #define SKINNY_PARALLEL_WEIGHTS (1L << 18) /* 1 MB of float32 weights */
 #endif
-/* alpha of a product with bfloat16 weights (engine/packed_bf16.py: MARK): 1 + 3 ulp. */
-#define PACKED_BF16_ALPHA 0x1.000006p+0f
+/* alpha of a product with int8 weights (engine/int8_linear.py: MARK): 1 + 5 ulp. */
+#define INT8_ALPHA 0x1.00000ap+0f
+enum { F32, I8 }; /* weight formats */
 #define PANEL 512 /* weight rows widened at a time for OpenBLAS */
 
 typedef float v8 __attribute__((vector_size(LANES * sizeof(float))));
-typedef uint16_t u16x8 __attribute__((vector_size(LANES * sizeof(uint16_t))));
-typedef uint32_t u32x8 __attribute__((vector_size(LANES * sizeof(uint32_t))));
 typedef void (*sgemm_fn)(int, int, int, int, int, int, float, const float *, int,
                          const float *, int, float, float *, int);
 
@@ -51,7 +50,7 @@ static sgemm_fn next_sgemm;
 /* Read through ctypes by tests (did the fast path run?) and by `silica bench --profile`
  * (where decode time goes): calls and nanoseconds in this kernel and in OpenBLAS. */
 long silica_skinny_calls, silica_skinny_ns, silica_blas_calls, silica_blas_ns;
-long silica_bf16_calls; /* products with bfloat16 weights, also counted above */
+long silica_int8_calls; /* products with int8 weights, also counted above */
 
 static long now_ns(void) {
   struct timespec t;
@@ -65,36 +64,28 @@ static inline v8 load8(const float *p) {
   return v;
 }
 
-/* Weights i..i+7 of w as float32. BF (a literal at every call) says w holds bfloat16,
- * the top halves of float32s: widening them is exact. */
-static inline v8 loadw(const void *w, size_t i, const int BF) {
-  if (!BF) return load8((const float *)w + i);
+/* Weights i..i+7 of w as float32. WF (a literal at every call) is their format:
+ * int8 weights are integers, widened exactly; a row's scale is applied to its sum
+ * (in store). */
+static inline v8 loadw(const void *w, size_t i, const int WF) {
+  if (WF == F32) return load8((const float *)w + i);
 #if defined(__AVX2__)
-  /* One widening load; GCC splits __builtin_convertvector into halves here. */
-  __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + i));
-  return (v8)_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16);
+  __m128i q = _mm_loadl_epi64((const __m128i *)((const int8_t *)w + i));
+  return (v8)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
 #else
-  u16x8 h;
-  memcpy(&h, (const uint16_t *)w + i, sizeof h);
-  u32x8 u = __builtin_convertvector(h, u32x8) << 16;
   v8 v;
-  memcpy(&v, &u, sizeof v);
+  for (int l = 0; l < LANES; l++) v[l] = ((const int8_t *)w)[i + l];
   return v;
 #endif
 }
 
-static inline float weight(const void *w, size_t i, const int BF) {
-  if (!BF) return ((const float *)w)[i];
-  uint32_t u = (uint32_t)((const uint16_t *)w)[i] << 16;
-  float f;
-  memcpy(&f, &u, sizeof f);
-  return f;
+static inline float weight(const void *w, size_t i, const int WF) {
+  return WF == F32 ? ((const float *)w)[i] : ((const int8_t *)w)[i];
 }
 
 /* Row n of weights with rows ldw apart. */
-static inline const void *wrow(const void *w, size_t n, int ldw, const int BF) {
-  return BF ? (const void *)((const uint16_t *)w + n * ldw)
-            : (const void *)((const float *)w + n * ldw);
+static inline const void *wrow(const void *w, size_t n, int ldw, const int WF) {
+  return (const char *)w + n * ldw * (WF == F32 ? sizeof(float) : 1);
 }
 
 /* An explicit fused multiply-add, so no tile's accumulation differs from another's by
@@ -113,21 +104,25 @@ static inline v8 fma8(v8 a, v8 b, v8 c) {
  * over k in steps of eight, a fixed pairwise lane reduction, then the k tail in order.
  * That is what makes row m's result independent of M and of the tiling. */
 static inline float finish(v8 s, const float *x, const void *w, int k, int K,
-                           const int BF) {
+                           const int WF) {
   float t = ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
-  for (; k < K; k++) t = __builtin_fmaf(x[k], weight(w, k, BF), t);
+  for (; k < K; k++) t = __builtin_fmaf(x[k], weight(w, k, WF), t);
   return t;
 }
 
-static inline void store(float *c, float value, float alpha, float beta) {
-  *c = beta == 0.0f ? alpha * value : alpha * value + beta * *c;
+/* int8 products find their row's scale in C (engine/int8_linear.py puts it there). */
+static inline void store(float *c, float value, float alpha, float beta, const int WF) {
+  if (WF == I8)
+    *c *= value;
+  else
+    *c = beta == 0.0f ? alpha * value : alpha * value + beta * *c;
 }
 
 /* An MR x NR tile: activation rows x[0..MR) against weight rows w[0..NR). MR and NR
  * are literal constants at every call, so the accumulators stay in registers (MR x NR
  * accumulators + MR + NR operands must fit the 16 vector registers). */
 static inline __attribute__((always_inline)) void
-tile(const int MR, const int NR, const int BF, const float *x, int ldx, const void *w,
+tile(const int MR, const int NR, const int WF, const float *x, int ldx, const void *w,
      int ldw, int K, float alpha, float beta, float *c, int ldc) {
   v8 acc[MAX_MR][MAX_NR];
 #pragma GCC unroll 8
@@ -138,7 +133,7 @@ tile(const int MR, const int NR, const int BF, const float *x, int ldx, const vo
   for (; k + LANES <= K; k += LANES) {
     v8 wv[MAX_NR];
 #pragma GCC unroll 8
-    for (int j = 0; j < NR; j++) wv[j] = loadw(w, (size_t)j * ldw + k, BF);
+    for (int j = 0; j < NR; j++) wv[j] = loadw(w, (size_t)j * ldw + k, WF);
 #pragma GCC unroll 8
     for (int i = 0; i < MR; i++) {
       v8 xv = load8(x + (size_t)i * ldx + k);
@@ -149,8 +144,8 @@ tile(const int MR, const int NR, const int BF, const float *x, int ldx, const vo
   for (int i = 0; i < MR; i++)
     for (int j = 0; j < NR; j++)
       store(c + (size_t)i * ldc + j,
-            finish(acc[i][j], x + (size_t)i * ldx, wrow(w, j, ldw, BF), k, K, BF),
-            alpha, beta);
+            finish(acc[i][j], x + (size_t)i * ldx, wrow(w, j, ldw, WF), k, K, WF),
+            alpha, beta, WF);
 }
 
 /* The tile shape for M activation rows of length K: NR weight rows per step, taken by
@@ -176,14 +171,14 @@ static void plan(int M, int K, int *nr, int *mr) {
 
 /* One MR x NR tile with MR, NR known at run time (from plan): each case is a tile with
  * literal sizes, so its accumulators stay in registers. */
-static void block(int MR, int NR, int BF, const float *x, int ldx, const void *w,
+static void block(int MR, int NR, int WF, const float *x, int ldx, const void *w,
                   int ldw, int K, float alpha, float beta, float *c, int ldc) {
 #define TILE(mr, nr)                                                                   \
   case mr * 16 + nr:                                                                   \
-    if (BF)                                                                            \
-      tile(mr, nr, 1, x, ldx, w, ldw, K, alpha, beta, c, ldc);                         \
+    if (WF == I8)                                                                      \
+      tile(mr, nr, I8, x, ldx, w, ldw, K, alpha, beta, c, ldc);                        \
     else                                                                               \
-      tile(mr, nr, 0, x, ldx, w, ldw, K, alpha, beta, c, ldc);                         \
+      tile(mr, nr, F32, x, ldx, w, ldw, K, alpha, beta, c, ldc);                       \
     return;
   switch (MR * 16 + NR) {
     TILE(1, 8) TILE(2, 6) TILE(1, 6) TILE(3, 4) TILE(2, 4) TILE(1, 4)
@@ -194,22 +189,22 @@ static void block(int MR, int NR, int BF, const float *x, int ldx, const void *w
 #undef TILE
   for (int i = 0; i < MR; i++) /* not reached: plan() only makes the shapes above */
     for (int j = 0; j < NR; j++)
-      block(1, 1, BF, x + (size_t)i * ldx, ldx, wrow(w, j, ldw, BF), ldw, K, alpha, beta,
+      block(1, 1, WF, x + (size_t)i * ldx, ldx, wrow(w, j, ldw, WF), ldw, K, alpha, beta,
             c + (size_t)i * ldc + j, ldc);
 }
 
 /* Weight rows [n0, n1) against all M activation rows. */
 static void rows(int n0, int n1, int M, const float *A, int lda, const void *B, int ldb,
-                 int BF, int K, float alpha, float beta, float *C, int ldc) {
+                 int WF, int K, float alpha, float beta, float *C, int ldc) {
   int nr, mr, n = n0;
   plan(M, K, &nr, &mr);
   for (; n + nr <= n1; n += nr)
     for (int m = 0; m < M; m += mr)
-      block(M - m < mr ? M - m : mr, nr, BF, A + (size_t)m * lda, lda,
-            wrow(B, n, ldb, BF), ldb, K, alpha, beta, C + (size_t)m * ldc + n, ldc);
+      block(M - m < mr ? M - m : mr, nr, WF, A + (size_t)m * lda, lda,
+            wrow(B, n, ldb, WF), ldb, K, alpha, beta, C + (size_t)m * ldc + n, ldc);
   for (; n < n1; n++)
     for (int m = 0; m < M; m++)
-      block(1, 1, BF, A + (size_t)m * lda, lda, wrow(B, n, ldb, BF), ldb, K, alpha, beta,
+      block(1, 1, WF, A + (size_t)m * lda, lda, wrow(B, n, ldb, WF), ldb, K, alpha, beta,
             C + (size_t)m * ldc + n, ldc);
 }
 
@@ -217,9 +212,9 @@ static void rows(int n0, int n1, int M, const float *A, int lda, const void *B, 
  * second thread costs more than a small matrix takes to read, so those run on one. The
  * weight rows are cut into a few tasks per thread, each a multiple of the tile width. */
 static void skinny(int M, int N, int K, float alpha, const float *A, int lda,
-                   const void *B, int ldb, int BF, float beta, float *C, int ldc) {
+                   const void *B, int ldb, int WF, float beta, float *C, int ldc) {
   if ((long)N * K < SKINNY_PARALLEL_WEIGHTS) {
-    rows(0, N, M, A, lda, B, ldb, BF, K, alpha, beta, C, ldc);
+    rows(0, N, M, A, lda, B, ldb, WF, K, alpha, beta, C, ldc);
     return;
   }
   int nr, mr;
@@ -230,7 +225,7 @@ static void skinny(int M, int N, int K, float alpha, const float *A, int lda,
 #pragma omp parallel for schedule(static)
   for (int t = 0; t < tasks; t++) {
     int n0 = t * chunk, n1 = n0 + chunk < N ? n0 + chunk : N;
-    rows(n0, n1, M, A, lda, B, ldb, BF, K, alpha, beta, C, ldc);
+    rows(n0, n1, M, A, lda, B, ldb, WF, K, alpha, beta, C, ldc);
   }
 }
 
@@ -253,18 +248,18 @@ static void small_nn(int M, int N, int K, float alpha, const float *A, int lda,
           acc[j] = fma8(s, load8(B + (size_t)k * ldb + n + j * LANES), acc[j]);
       }
       for (int j = 0; j < 8 * LANES; j++)
-        store(c + n + j, acc[j / LANES][j % LANES], alpha, beta);
+        store(c + n + j, acc[j / LANES][j % LANES], alpha, beta, F32);
     }
     for (; n + LANES <= N; n += LANES) {
       v8 acc = {0};
       for (int k = 0; k < K; k++)
         acc = fma8((v8){0} + a[k], load8(B + (size_t)k * ldb + n), acc);
-      for (int j = 0; j < LANES; j++) store(c + n + j, acc[j], alpha, beta);
+      for (int j = 0; j < LANES; j++) store(c + n + j, acc[j], alpha, beta, F32);
     }
     for (; n < N; n++) {
       float t = 0.0f;
       for (int k = 0; k < K; k++) t = __builtin_fmaf(a[k], B[(size_t)k * ldb + n], t);
-      store(c + n, t, alpha, beta);
+      store(c + n, t, alpha, beta, F32);
     }
   }
 }
@@ -284,59 +279,59 @@ static sgemm_fn blas(void) {
 }
 
 /* Many rows (a prompt) are bound by compute, not by reading weights: OpenBLAS takes
- * them, PANEL weight rows at a time widened to float32. */
-static void widened(int M, int N, int K, const float *A, const uint16_t *B, int ldb,
-                    float beta, float *C, int ldc) {
+ * them, PANEL weight rows at a time widened to float32 times the scales C holds. */
+static void widened(int M, int N, int K, const float *A, const int8_t *B, int ldb,
+                    float *C, int ldc) {
   float *panel = malloc(sizeof(float) * PANEL * (size_t)K);
   if (!panel) {
-    fprintf(stderr, "skinny_gemm: out of memory widening bfloat16 weights\n");
+    fprintf(stderr, "skinny_gemm: out of memory widening int8 weights\n");
     abort();
   }
   for (int n0 = 0; n0 < N; n0 += PANEL) {
     int n = N - n0 < PANEL ? N - n0 : PANEL;
     for (int j = 0; j < n; j++)
       for (int k = 0; k < K; k++)
-        panel[(size_t)j * K + k] = weight(B, (size_t)(n0 + j) * ldb + k, 1);
-    blas()(ROW_MAJOR, NO_TRANS, TRANS, M, n, K, 1.0f, A, K, panel, K, beta, C + n0, ldc);
+        panel[(size_t)j * K + k] = B[(size_t)(n0 + j) * ldb + k] * C[n0 + j];
+    blas()(ROW_MAJOR, NO_TRANS, TRANS, M, n, K, 1.0f, A, K, panel, K, 0.0f, C + n0, ldc);
   }
   free(panel);
 }
 
-/* C[m, n] = A[m, :] . B[n, :] + beta * C[m, n], m < M2 / 2, with B's rows bfloat16.
- * MLX has no product of float32 by bfloat16 that reads at memory speed, so
- * engine/packed_bf16.py passes B's bytes as float32 pairs (N x K2), A reshaped to
- * match (M2 x K2, each real row two of these), and marks the call by alpha. The real
- * shapes are read back here; C's first M2 / 2 rows get the results, the rest is left. */
-static void packed_bf16(int order, int trans_a, int trans_b, int M2, int N, int K2,
-                        const float *A, int lda2, const float *B, int ldb2, float beta,
-                        float *C, int ldc) {
-  if (order != ROW_MAJOR || trans_a != NO_TRANS || trans_b != TRANS || M2 % 2 ||
-      lda2 != K2) {
-    fprintf(stderr, "skinny_gemm: a bfloat16 product in a layout engine/packed_bf16.py "
+/* C[m, n] *= A[m, :] . B[n, :] for m < M4 / 4, B's rows int8 and C holding row n's
+ * scale on entry. MLX has no product of float32 by int8 that reads at memory speed,
+ * so engine/int8_linear.py passes B's bytes as float32 slots (N x K4), A reshaped to
+ * match (M4 x K4, each real row 4 of these), and marks the call by alpha. The real
+ * shapes are read back here; C's first M4 / 4 rows get the results, the rest is left. */
+static void int8_product(int order, int trans_a, int trans_b, int M4, int N, int K4,
+                         const float *A, int lda4, const float *B, int ldb4, float *C,
+                         int ldc) {
+  if (order != ROW_MAJOR || trans_a != NO_TRANS || trans_b != TRANS || M4 % 4 ||
+      lda4 != K4) {
+    fprintf(stderr, "skinny_gemm: an int8 product in a layout engine/int8_linear.py "
                     "does not make (order %d, trans %d/%d, M %d, K %d, lda %d)\n",
-            order, trans_a, trans_b, M2, K2, lda2);
+            order, trans_a, trans_b, M4, K4, lda4);
     abort();
   }
-  int M = M2 / 2, K = 2 * K2, ldb = 2 * ldb2;
+  int M = M4 / 4, K = 4 * K4, ldb = 4 * ldb4;
   if (M <= SKINNY_MAX_M)
-    skinny(M, N, K, 1.0f, A, K, B, ldb, 1, beta, C, ldc);
+    skinny(M, N, K, 1.0f, A, K, B, ldb, I8, 1.0f, C, ldc);
   else
-    widened(M, N, K, A, (const uint16_t *)B, ldb, beta, C, ldc);
-  __atomic_add_fetch(&silica_bf16_calls, 1, __ATOMIC_RELAXED);
+    widened(M, N, K, A, (const int8_t *)B, ldb, C, ldc);
+  __atomic_add_fetch(&silica_int8_calls, 1, __ATOMIC_RELAXED);
 }
 
 void cblas_sgemm(int order, int trans_a, int trans_b, int M, int N, int K, float alpha,
                  const float *A, int lda, const float *B, int ldb, float beta, float *C,
                  int ldc) {
-  int packed = alpha == PACKED_BF16_ALPHA;
-  if (packed || taken(order, trans_a, trans_b, M, N, K)) {
+  int int8 = alpha == INT8_ALPHA;
+  if (int8 || taken(order, trans_a, trans_b, M, N, K)) {
     long start = now_ns();
-    if (packed)
-      packed_bf16(order, trans_a, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc);
+    if (int8)
+      int8_product(order, trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc);
     else if (trans_b == NO_TRANS)
       small_nn(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     else
-      skinny(M, N, K, alpha, A, lda, B, ldb, 0, beta, C, ldc);
+      skinny(M, N, K, alpha, A, lda, B, ldb, F32, beta, C, ldc);
     __atomic_add_fetch(&silica_skinny_ns, now_ns() - start, __ATOMIC_RELAXED);
     __atomic_add_fetch(&silica_skinny_calls, 1, __ATOMIC_RELAXED);
     return;

@@ -1,0 +1,195 @@
+"""int8 weights on the skinny-GEMM kernel: products, model copies, drafting."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import pytest
+
+from engine import int8_linear
+from engine.decode import LoadedModel
+from engine.int8_linear import Int8Linear
+from tests.test_fast_blas import NEEDS_FAST_PATH, run_fast
+
+# Runs in a child process on the fast path: each product of Int8Linear against the
+# float32 product of its dequantized weights, whether a row's result depends on the
+# other rows (not on the kernel, up to 16 rows), and whether the kernel counted it.
+PRODUCTS = r"""
+import ctypes, json, sys
+import mlx.core as mx, numpy as np
+from engine.int8_linear import Int8Linear, available
+calls = lambda: ctypes.c_long.in_dll(ctypes.CDLL(None), "silica_int8_calls").value
+rng = np.random.default_rng(0)
+out = []
+for m, k, n, bias, layout in json.loads(sys.argv[1]):
+    x = rng.standard_normal((m, k), dtype=np.float32)
+    # "c": rows in order; "f": stored column by column, as a transposed view is
+    xs = mx.array(x)[None] if layout == "c" else mx.array(np.ascontiguousarray(x.T)).T
+    w = mx.array(rng.standard_normal((n, k), dtype=np.float32))
+    b = mx.array(rng.standard_normal(n, dtype=np.float32)) if bias else None
+    layer = Int8Linear(w, b)
+    dequantized = layer.packed.view(mx.int8).astype(mx.float32) * layer.scales[:, None]
+    want = np.array(mx.array(x) @ dequantized.T + (b if bias else 0))
+    before = calls()
+    got = layer(xs)
+    mx.eval(got)
+    counted = calls() - before
+    row0 = np.array(layer(mx.array(x[:1])))[0]
+    g = np.array(got).reshape(m, n)
+    out.append({"counted": counted, "shape": list(got.shape),
+                "row0_same": bool(np.array_equal(row0, g[0])),
+                "err": float(np.abs(g - want).max() / np.abs(want).max())})
+print(json.dumps({"available": available(), "products": out}))
+"""
+
+# An int8 copy of a model against the model with its layers' weights dequantized, for
+# a few tokens (the kernel) and a prompt (OpenBLAS); the original model left as it
+# was, sharing its other arrays with the copy.
+MODEL = r"""
+import json, sys
+import mlx.core as mx, mlx.nn as nn, numpy as np
+from mlx_lm import load
+from engine.int8_linear import Int8Linear, int8_copy
+model, _ = load(sys.argv[1])
+reference, _ = load(sys.argv[1])
+fresh, _ = load(sys.argv[1])
+copy = int8_copy(model)
+for name, layer in copy.named_modules():
+    if isinstance(layer, Int8Linear):
+        weight = layer.packed.view(mx.int8).astype(mx.float32) * layer.scales[:, None]
+        target = reference
+        for part in name.split("."):
+            target = target[int(part)] if part.isdigit() else target[part]
+        target.weight = weight
+few = mx.array([[1, 5, 9, 200, 3, 17]])
+many = mx.array([list(range(3, 43))])
+def gap(a, b):
+    a, b = np.array(a), np.array(b)
+    return float(np.abs(a - b).max() / np.abs(b).max())
+print(json.dumps({
+    "int8": sum(isinstance(m, Int8Linear) for _, m in copy.named_modules()),
+    "linears": sum(type(m) is nn.Linear for n, m in model.named_modules()
+                   if n.startswith("model.layers.")),
+    "few_gap": gap(copy(few), reference(few)),
+    "many_gap": gap(copy(many), reference(many)),
+    "original_same": bool(np.array_equal(np.array(model(few)), np.array(fresh(few)))),
+    "shares_embedding":
+        copy.model.embed_tokens.weight is model.model.embed_tokens.weight,
+}))
+"""
+
+# The engine end to end: greedy with the model as its own draft (int8 on the kernel)
+# against greedy without a draft.
+ENGINE = r"""
+import ctypes, json, sys
+from engine import Engine
+from engine.schema import SamplingParams
+calls = lambda: ctypes.c_long.in_dll(ctypes.CDLL(None), "silica_int8_calls").value
+with Engine(prompt_cache_bytes=0) as engine:
+    target = engine.load(sys.argv[1], name="t")
+    draft = engine.load(sys.argv[1], name="d")
+    params = SamplingParams(max_tokens=24, temperature=0)
+    plain = target.generate("Once upon a time", params)
+    before = calls()
+    drafted = target.generate("Once upon a time", params, draft=draft)
+    print(json.dumps({"plain": plain.text, "drafted": drafted.text,
+                      "int8_calls": calls() - before,
+                      "accepted": drafted.stats[0].acceptance_rate}))
+"""
+
+
+@pytest.fixture(scope="module")
+def float_model_dir(tmp_path_factory) -> Path:
+    """The tiny random llama with every weight float32 (no quantized layers)."""
+    from convert import ConvertOptions, convert_model
+    from tests.tiny_gguf import write_tiny_gguf
+
+    root = tmp_path_factory.mktemp("tiny-float")
+    write_tiny_gguf(root / "tiny.gguf")
+    options = ConvertOptions(dequantize=True, dtype="float32")
+    return convert_model(
+        str(root / "tiny.gguf"), root / "mlx", options, progress=False
+    ).path
+
+
+@NEEDS_FAST_PATH
+def test_products_equal_float32_products_of_the_dequantized_weights():
+    # (rows, inner, outer, bias, layout): one row, the M x 1 tiles, a K tail (1003
+    # slots of 4), a remainder block, 16 rows (the most the kernel takes), a
+    # transposed input (reshaped through a copy), and prompts OpenBLAS takes after
+    # widening.
+    shapes = [
+        (1, 896, 4864, False, "c"),
+        (1, 896, 128, True, "c"),
+        (5, 4864, 896, False, "c"),
+        (8, 4012, 517, True, "c"),
+        (13, 576, 203, False, "c"),
+        (16, 64, 1031, True, "c"),
+        (3, 64, 40, False, "f"),
+        (17, 576, 576, False, "c"),
+        (40, 896, 1500, True, "c"),
+    ]
+    result = json.loads(run_fast(PRODUCTS, json.dumps(shapes)))
+    assert result["available"]
+    for shape, product in zip(shapes, result["products"], strict=True):
+        rows, _, outer, _, _ = shape
+        assert product["counted"] == 1, (shape, product)
+        assert product["shape"][-2:] == [rows, outer]
+        assert product["err"] < 1e-5, (shape, product)
+        if rows <= 16:  # the kernel's rows do not depend on the others
+            assert product["row0_same"], (shape, product)
+
+
+@NEEDS_FAST_PATH
+def test_int8_copy_computes_the_dequantized_model_and_leaves_the_original(
+    float_model_dir,
+):
+    result = json.loads(run_fast(MODEL, str(float_model_dir)))
+    assert result["int8"] == result["linears"] > 0
+    assert result["few_gap"] < 1e-4 and result["many_gap"] < 1e-4
+    assert result["original_same"] and result["shares_embedding"]
+
+
+@NEEDS_FAST_PATH
+def test_an_int8_draft_leaves_greedy_output_as_it_was(float_model_dir):
+    result = json.loads(run_fast(ENGINE, str(float_model_dir)))
+    assert result["drafted"] == result["plain"] and result["plain"]
+    assert result["int8_calls"] > 0  # the draft ran on the kernel's int8 products
+    assert result["accepted"] > 0.5  # its own int8 copy mostly agrees with it
+
+
+def test_not_available_without_the_kernel():
+    code = "from engine.int8_linear import available; print(available())"
+    assert run_fast(code, env={"LD_PRELOAD": ""}).strip() == "False"
+
+
+def test_drafting_converts_only_where_the_kernel_runs(monkeypatch, float_model_dir):
+    from mlx_lm import load
+
+    model, tokenizer = load(str(float_model_dir))
+    monkeypatch.setattr(int8_linear, "available", lambda: False)
+    assert LoadedModel(model, tokenizer, {}, None).drafting() is model
+    monkeypatch.setattr(int8_linear, "available", lambda: True)
+    loaded = LoadedModel(model, tokenizer, {}, None)
+    drafting = loaded.drafting()
+    assert drafting is not model and loaded.drafting() is drafting  # built once
+    layers = drafting.named_modules()
+    kinds = {type(m) for name, m in layers if name.startswith("model.layers")}
+    assert Int8Linear in kinds and nn.Linear not in kinds
+    assert not any(isinstance(m, Int8Linear) for _, m in model.named_modules())
+
+
+def test_quantized_layers_are_left_and_nothing_to_convert_is_none(tiny_model_dir):
+    from mlx_lm import load
+
+    model, _ = load(str(tiny_model_dir))  # its layers are quantized
+    assert int8_linear.int8_copy(model) is None
+    assert int8_linear.int8_copy(nn.Linear(4, 4)) is None
+
+
+def test_input_sizes_not_divisible_by_4_are_refused():
+    with pytest.raises(ValueError, match="divisible by 4"):
+        Int8Linear(mx.zeros((4, 6)))
