@@ -17,8 +17,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from engine import int8_linear
-from engine.int8_linear import Int8Linear
+from engine.int8_linear import int8_product
 
 # Token ids the draft head keeps, besides the text's own. Qwen2.5-Coder's code answers
 # fall outside the first 32768 ids often enough to cut acceptance from 0.90 to 0.72;
@@ -66,7 +65,6 @@ class ReducedHead:
         self.vocab = model.args.vocab_size
         self.layer = model.lm_head if "lm_head" in model else model.model.embed_tokens
         self.first = _rows(self.layer, slice(0, size))
-        self.first_int8 = _int8(self.first)
         self.extra: list[int] = []  # kept ids >= size, in the order added
         self.extra_ids = mx.array([], mx.int32)  # the same, for indexing
         self.extra_rows: dict[str, mx.array] = {}
@@ -80,10 +78,7 @@ class ReducedHead:
         if not self.active:
             return self.model(inputs, cache=cache)
         hidden = self.model.model(inputs, cache)
-        if self.first_int8 is not None:
-            first = self.first_int8(hidden)
-        else:
-            first = _project(self.layer, self.first, hidden)
+        first = _project(self.layer, self.first, hidden)
         shape = (*first.shape[:-1], self.vocab - self.size)
         rest = mx.full(shape, -mx.inf, first.dtype)
         logits = mx.concatenate([first, rest], axis=-1)
@@ -109,22 +104,19 @@ class ReducedHead:
 
 
 def _rows(layer: nn.Module, index: Any) -> dict[str, mx.array]:
-    """The head's arrays (weight, quantization scales and biases, bias) at ``index``."""
-    names = ("weight", "scales", "biases", "bias")
+    """The head's arrays (weight, quantization scales and biases, bias; or int8 rows
+    and their scales, ``engine.int8_linear``) at ``index``."""
+    if "packed" in layer:
+        names = ("packed", "scales", "bias")
+    else:
+        names = ("weight", "scales", "biases", "bias")
     return {name: layer[name][index] for name in names if name in layer}
 
 
-def _int8(rows: dict[str, mx.array]) -> Int8Linear | None:
-    """The rows as int8 for the kernel (``engine.int8_linear``) where it runs and they
-    are float32: a draft's head read at a quarter of the bytes."""
-    weight = rows["weight"]
-    if "scales" in rows or weight.dtype != mx.float32 or weight.shape[-1] % 4:
-        return None
-    return Int8Linear(weight, rows.get("bias")) if int8_linear.available() else None
-
-
 def _project(layer: nn.Module, rows: dict[str, mx.array], hidden: mx.array) -> mx.array:
-    if "scales" in rows:
+    if "packed" in rows:
+        out = int8_product(hidden, rows["packed"], rows["scales"])
+    elif "scales" in rows:
         out = mx.quantized_matmul(
             hidden,
             rows["weight"],

@@ -37,9 +37,31 @@ def available() -> bool:
     return mx.default_device() == mx.cpu
 
 
+def quantize_rows(weight: mx.array) -> tuple[mx.array, mx.array]:
+    """``weight`` (N, K) as int8 rows viewed as float32 slots (N, K/4), and the
+    scales (N,) that make ``int8 * scale`` the closest to each row (symmetric:
+    scale = the row's largest magnitude / 127)."""
+    if weight.shape[-1] % 4:
+        raise ValueError(f"int8 rows need a length divisible by 4: {weight.shape}")
+    scales = mx.abs(weight).max(axis=-1) / 127
+    scales = mx.where(scales > 0, scales, 1.0)
+    q = mx.round(weight / scales[:, None]).astype(mx.int8)
+    return q.view(mx.float32), scales
+
+
+def int8_product(x: mx.array, packed: mx.array, scales: mx.array) -> mx.array:
+    """``x`` (..., K) times the int8 rows ``packed`` (N, K/4 slots) with ``scales``
+    (N,), transposed: (..., N), on the kernel."""
+    lead = x.shape[:-1]
+    rows = math.prod(lead)
+    slots = x.reshape(4 * rows, x.shape[-1] // 4)  # a copy unless contiguous
+    out = mx.addmm(scales, slots, packed.T, alpha=MARK)[:rows]
+    return out.reshape(*lead, -1)
+
+
 class Int8Linear(nn.Module):
-    """``nn.Linear`` with its weight rounded to int8 per row (symmetric, scale =
-    the row's largest magnitude / 127), read as such by the kernel.
+    """``nn.Linear`` with its weight rounded to int8 per row (``quantize_rows``), read
+    as such by the kernel.
 
     Only for a process where ``available()``: elsewhere MLX would compute the marked
     product as an ordinary one, on the wrong shapes.
@@ -47,31 +69,36 @@ class Int8Linear(nn.Module):
 
     def __init__(self, weight: mx.array, bias: mx.array | None = None) -> None:
         super().__init__()
-        if weight.shape[-1] % 4:
-            raise ValueError(
-                f"Int8Linear needs an input size divisible by 4: {weight.shape}"
-            )
-        scales = mx.abs(weight).max(axis=-1) / 127
-        self.scales = mx.where(scales > 0, scales, 1.0)  # (N,)
-        q = mx.round(weight / self.scales[:, None]).astype(mx.int8)
-        self.packed = q.view(mx.float32)  # (N, K / 4)
+        self.packed, self.scales = quantize_rows(weight)
         if bias is not None:
             self.bias = bias
 
     def __call__(self, x: mx.array) -> mx.array:
-        lead = x.shape[:-1]
-        rows = math.prod(lead)
-        slots = x.reshape(4 * rows, x.shape[-1] // 4)  # a copy unless contiguous
-        out = mx.addmm(self.scales, slots, self.packed.T, alpha=MARK)[:rows]
-        if "bias" in self:
-            out = out + self.bias
-        return out.reshape(*lead, -1)
+        out = int8_product(x, self.packed, self.scales)
+        return out + self.bias if "bias" in self else out
+
+
+class Int8Embedding(nn.Module):
+    """``nn.Embedding`` whose ``as_linear`` (an output layer tied to it) reads its rows
+    as int8; looking tokens up reads the float32 rows."""
+
+    def __init__(self, weight: mx.array) -> None:
+        super().__init__()
+        self.weight = weight
+        self.packed, self.scales = quantize_rows(weight)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.weight[x]
+
+    def as_linear(self, x: mx.array) -> mx.array:
+        return int8_product(x, self.packed, self.scales)
 
 
 def int8_copy(model: nn.Module) -> nn.Module | None:
     """A copy of ``model`` whose decoder layers' float32 ``nn.Linear``s are
-    ``Int8Linear``s, sharing every other array with it (embeddings, norms, the output
-    layer, quantized layers); None when there is nothing to convert."""
+    ``Int8Linear``s and whose output layer (or the embedding tied to it) reads int8
+    rows, sharing every other array with it (the embedding's rows for lookups, norms,
+    quantized layers); None when its layers have nothing to convert."""
     body = model.get("model")
     if not isinstance(body, nn.Module) or not isinstance(body.get("layers"), list):
         return None
@@ -82,17 +109,24 @@ def int8_copy(model: nn.Module) -> nn.Module | None:
     copy_body["layers"] = layers
     copy_model = copy.copy(model)
     copy_model["model"] = copy_body
+    if "lm_head" in model:
+        copy_model["lm_head"] = _converted(model.lm_head)
+    elif type(body.get("embed_tokens")) is nn.Embedding and _fits(body.embed_tokens):
+        copy_body["embed_tokens"] = Int8Embedding(body.embed_tokens.weight)
     return copy_model
+
+
+def _fits(layer: nn.Module) -> bool:
+    weight = layer.weight
+    return weight.dtype == mx.float32 and weight.shape[-1] % 4 == 0
 
 
 def _converted(module: Any) -> Any:
     """``module`` itself when it holds no float32 ``nn.Linear``, else a shallow copy
     with each of them (at any depth) an ``Int8Linear``."""
     if type(module) is nn.Linear:
-        weight = module.weight
-        if weight.dtype == mx.float32 and weight.shape[-1] % 4 == 0:
-            return Int8Linear(weight, module.get("bias"))
-        return module
+        fits = _fits(module)
+        return Int8Linear(module.weight, module.get("bias")) if fits else module
     if isinstance(module, list):
         new = [_converted(item) for item in module]
         return module if all(a is b for a, b in zip(new, module, strict=True)) else new

@@ -45,40 +45,61 @@ for m, k, n, bias, layout in json.loads(sys.argv[1]):
 print(json.dumps({"available": available(), "products": out}))
 """
 
-# An int8 copy of a model against the model with its layers' weights dequantized, for
-# a few tokens (the kernel) and a prompt (OpenBLAS); the original model left as it
-# was, sharing its other arrays with the copy.
+# An int8 copy of a random llama (output layer tied to the embedding, or not) against
+# the same model with its layers' and output layer's weights dequantized, for a few
+# tokens (the kernel) and a prompt (OpenBLAS); the original model left as it was,
+# sharing its other arrays with the copy.
 MODEL = r"""
-import json, sys
+import json
 import mlx.core as mx, mlx.nn as nn, numpy as np
-from mlx_lm import load
+from mlx_lm.models import llama
 from engine.int8_linear import Int8Linear, int8_copy
-model, _ = load(sys.argv[1])
-reference, _ = load(sys.argv[1])
-fresh, _ = load(sys.argv[1])
-copy = int8_copy(model)
-for name, layer in copy.named_modules():
-    if isinstance(layer, Int8Linear):
-        weight = layer.packed.view(mx.int8).astype(mx.float32) * layer.scales[:, None]
-        target = reference
-        for part in name.split("."):
-            target = target[int(part)] if part.isdigit() else target[part]
-        target.weight = weight
-few = mx.array([[1, 5, 9, 200, 3, 17]])
-many = mx.array([list(range(3, 43))])
+
+def random_llama(tied):
+    mx.random.seed(0)
+    model = llama.Model(llama.ModelArgs(
+        model_type="llama", hidden_size=64, num_hidden_layers=2,
+        intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+        rms_norm_eps=1e-5, vocab_size=96, tie_word_embeddings=tied))
+    mx.eval(model.parameters())
+    return model
+
+def dequantized(layer):
+    return layer.packed.view(mx.int8).astype(mx.float32) * layer.scales[:, None]
+
 def gap(a, b):
     a, b = np.array(a), np.array(b)
     return float(np.abs(a - b).max() / np.abs(b).max())
-print(json.dumps({
-    "int8": sum(isinstance(m, Int8Linear) for _, m in copy.named_modules()),
-    "linears": sum(type(m) is nn.Linear for n, m in model.named_modules()
-                   if n.startswith("model.layers.")),
-    "few_gap": gap(copy(few), reference(few)),
-    "many_gap": gap(copy(many), reference(many)),
-    "original_same": bool(np.array_equal(np.array(model(few)), np.array(fresh(few)))),
-    "shares_embedding":
-        copy.model.embed_tokens.weight is model.model.embed_tokens.weight,
-}))
+
+out = {}
+for tied in (False, True):
+    model, reference, fresh = random_llama(tied), random_llama(tied), random_llama(tied)
+    copy = int8_copy(model)
+    converted = {n: m for n, m in copy.named_modules() if isinstance(m, Int8Linear)}
+    for name, layer in converted.items():
+        target = reference
+        for part in name.split("."):
+            target = target[int(part)] if part.isdigit() else target[part]
+        target.weight = dequantized(layer)
+    head = copy.lm_head if not tied else copy.model.embed_tokens
+    few = mx.array([[1, 5, 9, 70, 3, 17]])
+    many = mx.array([list(range(3, 43))])
+    gaps = []
+    for tokens in (few, many):
+        want = reference.model(tokens) @ dequantized(head).T
+        gaps.append(gap(copy(tokens), want))
+    out[str(tied)] = {
+        "layers": sum(n.startswith("model.layers.") for n in converted),
+        "linears": sum(type(m) is nn.Linear for n, m in model.named_modules()
+                       if n.startswith("model.layers.")),
+        "head": type(head).__name__,
+        "gaps": gaps,
+        "original_same": bool(np.array_equal(np.array(model(few)),
+                                             np.array(fresh(few)))),
+        "shares_embedding":
+            copy.model.embed_tokens.weight is model.model.embed_tokens.weight,
+    }
+print(json.dumps(out))
 """
 
 # The engine end to end: greedy with the model as its own draft (int8 on the kernel)
@@ -117,13 +138,14 @@ def float_model_dir(tmp_path_factory) -> Path:
 
 @NEEDS_FAST_PATH
 def test_products_equal_float32_products_of_the_dequantized_weights():
-    # (rows, inner, outer, bias, layout): one row, the M x 1 tiles, a K tail (1003
-    # slots of 4), a remainder block, 16 rows (the most the kernel takes), a
-    # transposed input (reshaped through a copy), and prompts OpenBLAS takes after
-    # widening.
+    # (rows, inner, outer, bias, layout): the int8 tiles of 1-3 rows with leftover
+    # weight rows, the M x 1 tiles, a K tail (1003 slots of 4), a remainder block, 16
+    # rows (the most the kernel takes), a transposed input (reshaped through a
+    # copy), and prompts OpenBLAS takes after widening.
     shapes = [
         (1, 896, 4864, False, "c"),
         (1, 896, 128, True, "c"),
+        (2, 896, 1001, True, "c"),
         (5, 4864, 896, False, "c"),
         (8, 4012, 517, True, "c"),
         (13, 576, 203, False, "c"),
@@ -144,13 +166,14 @@ def test_products_equal_float32_products_of_the_dequantized_weights():
 
 
 @NEEDS_FAST_PATH
-def test_int8_copy_computes_the_dequantized_model_and_leaves_the_original(
-    float_model_dir,
-):
-    result = json.loads(run_fast(MODEL, str(float_model_dir)))
-    assert result["int8"] == result["linears"] > 0
-    assert result["few_gap"] < 1e-4 and result["many_gap"] < 1e-4
-    assert result["original_same"] and result["shares_embedding"]
+def test_int8_copy_computes_the_dequantized_model_and_leaves_the_original():
+    result = json.loads(run_fast(MODEL))
+    assert result["False"]["head"] == "Int8Linear"  # its own output layer
+    assert result["True"]["head"] == "Int8Embedding"  # tied to the embedding
+    for copy in result.values():
+        assert copy["layers"] == copy["linears"] > 0
+        assert max(copy["gaps"]) < 1e-4, copy
+        assert copy["original_same"] and copy["shares_embedding"]
 
 
 @NEEDS_FAST_PATH

@@ -157,9 +157,17 @@ tile(const int MR, const int NR, const int WF, const float *x, int ldx, const vo
  *   weights 15-30% faster than wider tiles.
  * - Otherwise the most accumulators that fit the 16 vector registers (3 x 4, 4 x 3)
  *   did best; there a block of activation rows outgrows L1, and reusing each load
- *   across several weight rows pays. */
-static void plan(int M, int K, int *nr, int *mr) {
+ *   across several weight rows pays.
+ * - int8 weights are widened in a register each, so up to 3 rows take narrower tiles
+ *   (1 x 6, 2 x 4, 3 x 3): 6-20% faster than the float32 ones, interleaved. */
+static void plan(int M, int K, int WF, int *nr, int *mr) {
   static const int NR[] = {0, 8, 6, 4, 3, 4, 4, 3, 3};
+  if (WF == I8 && M <= 3) {
+    static const int NR_I8[] = {0, 6, 4, 3};
+    *nr = NR_I8[M];
+    *mr = M;
+    return;
+  }
   if (M >= 4 && K <= 1024) {
     *nr = 1;
     *mr = MAX_MR;
@@ -197,7 +205,7 @@ static void block(int MR, int NR, int WF, const float *x, int ldx, const void *w
 static void rows(int n0, int n1, int M, const float *A, int lda, const void *B, int ldb,
                  int WF, int K, float alpha, float beta, float *C, int ldc) {
   int nr, mr, n = n0;
-  plan(M, K, &nr, &mr);
+  plan(M, K, WF, &nr, &mr);
   for (; n + nr <= n1; n += nr)
     for (int m = 0; m < M; m += mr)
       block(M - m < mr ? M - m : mr, nr, WF, A + (size_t)m * lda, lda,
@@ -218,7 +226,7 @@ static void skinny(int M, int N, int K, float alpha, const float *A, int lda,
     return;
   }
   int nr, mr;
-  plan(M, K, &nr, &mr);
+  plan(M, K, WF, &nr, &mr);
   int per = (N + 4 * omp_get_max_threads() - 1) / (4 * omp_get_max_threads());
   int chunk = (per + nr - 1) / nr * nr;
   int tasks = (N + chunk - 1) / chunk;
