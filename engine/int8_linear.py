@@ -98,7 +98,10 @@ def int8_copy(model: nn.Module) -> nn.Module | None:
     """A copy of ``model`` whose decoder layers' float32 ``nn.Linear``s are
     ``Int8Linear``s and whose output layer (or the embedding tied to it) reads int8
     rows, sharing every other array with it (the embedding's rows for lookups, norms,
-    quantized layers); None when its layers have nothing to convert."""
+    quantized layers); None when its layers have nothing to convert or ``model`` is a
+    wrapper, not a module (a sharded model's ``LockstepModel`` must run as it is)."""
+    if not isinstance(model, nn.Module):
+        return None
     body = model.get("model")
     if not isinstance(body, nn.Module) or not isinstance(body.get("layers"), list):
         return None

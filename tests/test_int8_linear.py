@@ -213,6 +213,16 @@ def test_quantized_layers_are_left_and_nothing_to_convert_is_none(tiny_model_dir
     assert int8_linear.int8_copy(nn.Linear(4, 4)) is None
 
 
+def test_a_wrapped_model_is_left_to_its_wrapper(float_model_dir):
+    from mlx_lm import load
+
+    from engine.lockstep import LockstepModel, StepClock
+
+    model, _ = load(str(float_model_dir))
+    wrapper = LockstepModel(model, None, StepClock(), lambda e: e)
+    assert int8_linear.int8_copy(wrapper) is None
+
+
 def test_input_sizes_not_divisible_by_4_are_refused():
     with pytest.raises(ValueError, match="divisible by 4"):
         Int8Linear(mx.zeros((4, 6)))
