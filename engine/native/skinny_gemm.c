@@ -40,7 +40,7 @@ enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };
 /* alpha of a product with int8 weights (engine/int8_linear.py: MARK): 1 + 5 ulp. */
 #define INT8_ALPHA 0x1.00000ap+0f
 enum { F32, I8 }; /* weight formats */
-#define PANEL 512 /* weight rows widened at a time for OpenBLAS */
+#define PANEL_BYTES (32L << 20) /* int8 weights widened at a time for OpenBLAS */
 
 typedef float v8 __attribute__((vector_size(LANES * sizeof(float))));
 typedef void (*sgemm_fn)(int, int, int, int, int, int, float, const float *, int,
@@ -287,16 +287,20 @@ static sgemm_fn blas(void) {
 }
 
 /* Many rows (a prompt) are bound by compute, not by reading weights: OpenBLAS takes
- * them, PANEL weight rows at a time widened to float32 times the scales C holds. */
+ * them, widened to float32 times the scales C holds, in panels of weight rows as large
+ * as PANEL_BYTES allows (OpenBLAS repacks A for every call). */
 static void widened(int M, int N, int K, const float *A, const int8_t *B, int ldb,
                     float *C, int ldc) {
-  float *panel = malloc(sizeof(float) * PANEL * (size_t)K);
+  long fit = PANEL_BYTES / ((long)sizeof(float) * K);
+  int rows = fit < 1 ? 1 : fit < N ? (int)fit : N;
+  float *panel = malloc(sizeof(float) * rows * (size_t)K);
   if (!panel) {
     fprintf(stderr, "skinny_gemm: out of memory widening int8 weights\n");
     abort();
   }
-  for (int n0 = 0; n0 < N; n0 += PANEL) {
-    int n = N - n0 < PANEL ? N - n0 : PANEL;
+  for (int n0 = 0; n0 < N; n0 += rows) {
+    int n = N - n0 < rows ? N - n0 : rows;
+#pragma omp parallel for schedule(static)
     for (int j = 0; j < n; j++)
       for (int k = 0; k < K; k++)
         panel[(size_t)j * K + k] = B[(size_t)(n0 + j) * ldb + k] * C[n0 + j];
