@@ -51,12 +51,22 @@ def qwen05_dir(qwen05_gguf, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random llama (2 layers, 261 tokens, context 256) as an MLX directory."""
+    return _tiny_model(tmp_path_factory, dequantize=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_float_model_dir(tmp_path_factory) -> Path:
+    """The same llama with every weight float32 (no quantized layers)."""
+    return _tiny_model(tmp_path_factory, dequantize=True)
+
+
+def _tiny_model(tmp_path_factory, dequantize: bool) -> Path:
     from convert import ConvertOptions, convert_model
     from tests.tiny_gguf import write_tiny_gguf
 
     root = tmp_path_factory.mktemp("tiny-model")
     write_tiny_gguf(root / "tiny.gguf")
-    options = ConvertOptions(dtype="float32")
+    options = ConvertOptions(dequantize=dequantize, dtype="float32")
     return convert_model(
         str(root / "tiny.gguf"), root / "mlx", options, progress=False
     ).path

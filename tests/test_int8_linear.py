@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -52,6 +51,7 @@ print(json.dumps({"available": available(), "products": out}))
 MODEL = r"""
 import json
 import mlx.core as mx, mlx.nn as nn, numpy as np
+from mlx.utils import tree_unflatten
 from mlx_lm.models import llama
 from engine.int8_linear import Int8Linear, int8_copy
 
@@ -76,11 +76,8 @@ for tied in (False, True):
     model, reference, fresh = random_llama(tied), random_llama(tied), random_llama(tied)
     copy = int8_copy(model)
     converted = {n: m for n, m in copy.named_modules() if isinstance(m, Int8Linear)}
-    for name, layer in converted.items():
-        target = reference
-        for part in name.split("."):
-            target = target[int(part)] if part.isdigit() else target[part]
-        target.weight = dequantized(layer)
+    reference.update(tree_unflatten(
+        [(f"{name}.weight", dequantized(layer)) for name, layer in converted.items()]))
     head = copy.lm_head if not tied else copy.model.embed_tokens
     few = mx.array([[1, 5, 9, 70, 3, 17]])
     many = mx.array([list(range(3, 43))])
@@ -120,20 +117,6 @@ with Engine(prompt_cache_bytes=0) as engine:
                       "int8_calls": calls() - before,
                       "accepted": drafted.stats[0].acceptance_rate}))
 """
-
-
-@pytest.fixture(scope="module")
-def float_model_dir(tmp_path_factory) -> Path:
-    """The tiny random llama with every weight float32 (no quantized layers)."""
-    from convert import ConvertOptions, convert_model
-    from tests.tiny_gguf import write_tiny_gguf
-
-    root = tmp_path_factory.mktemp("tiny-float")
-    write_tiny_gguf(root / "tiny.gguf")
-    options = ConvertOptions(dequantize=True, dtype="float32")
-    return convert_model(
-        str(root / "tiny.gguf"), root / "mlx", options, progress=False
-    ).path
 
 
 @NEEDS_FAST_PATH
@@ -177,8 +160,8 @@ def test_int8_copy_computes_the_dequantized_model_and_leaves_the_original():
 
 
 @NEEDS_FAST_PATH
-def test_an_int8_draft_leaves_greedy_output_as_it_was(float_model_dir):
-    result = json.loads(run_fast(ENGINE, str(float_model_dir)))
+def test_an_int8_draft_leaves_greedy_output_as_it_was(tiny_float_model_dir):
+    result = json.loads(run_fast(ENGINE, str(tiny_float_model_dir)))
     assert result["drafted"] == result["plain"] and result["plain"]
     assert result["int8_calls"] > 0  # the draft ran on the kernel's int8 products
     assert result["accepted"] > 0.5  # its own int8 copy mostly agrees with it
@@ -189,10 +172,12 @@ def test_not_available_without_the_kernel():
     assert run_fast(code, env={"LD_PRELOAD": ""}).strip() == "False"
 
 
-def test_drafting_converts_only_where_the_kernel_runs(monkeypatch, float_model_dir):
+def test_drafting_converts_only_where_the_kernel_runs(
+    monkeypatch, tiny_float_model_dir
+):
     from mlx_lm import load
 
-    model, tokenizer = load(str(float_model_dir))
+    model, tokenizer = load(str(tiny_float_model_dir))
     monkeypatch.setattr(int8_linear, "available", lambda: False)
     assert LoadedModel(model, tokenizer, {}, None).drafting() is model
     monkeypatch.setattr(int8_linear, "available", lambda: True)
@@ -213,12 +198,12 @@ def test_quantized_layers_are_left_and_nothing_to_convert_is_none(tiny_model_dir
     assert int8_linear.int8_copy(nn.Linear(4, 4)) is None
 
 
-def test_a_wrapped_model_is_left_to_its_wrapper(float_model_dir):
+def test_a_wrapped_model_is_left_to_its_wrapper(tiny_float_model_dir):
     from mlx_lm import load
 
     from engine.lockstep import LockstepModel, StepClock
 
-    model, _ = load(str(float_model_dir))
+    model, _ = load(str(tiny_float_model_dir))
     wrapper = LockstepModel(model, None, StepClock(), lambda e: e)
     assert int8_linear.int8_copy(wrapper) is None
 
