@@ -10,7 +10,7 @@ part out as a plain ``KVCache`` for the prompt cache. Modelled on mlx-lm's
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -175,9 +175,13 @@ class Batch:
         self.rows = [self.rows[i] for i in keep]
         return caches
 
-    def step(self) -> list[Step]:
+    def step(self, launched: Callable[[], None] = lambda: None) -> list[Step]:
         """Launch the next step of every row, then return the step launched before:
-        one new token for each row it covered, none for rows that joined since."""
+        one new token for each row it covered, none for rows that joined since.
+
+        ``launched`` is called once the step's graph is built, just before this
+        thread waits on MLX (with the GIL released); see ``Scheduler._hand_out``.
+        """
         current, ahead = self._ahead, self.ahead
         with mx.stream(self.stream):
             parts = [current[0]] if current is not None else []
@@ -186,6 +190,7 @@ class Batch:
             inputs = mx.concatenate(parts) if len(parts) > 1 else parts[0]
             logits = self.model(inputs[:, None], cache=self.cache)[:, -1, :]
             self._ahead = sample_rows(self.rows, logits, inputs)
+            launched()
             mx.async_eval(*self._ahead)
         out: list[Step] = [[] for _ in self.rows]
         if current is not None:

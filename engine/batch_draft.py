@@ -13,6 +13,7 @@ row verifies only its own first k drafts. Runs on the engine worker thread only.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import mlx.core as mx
@@ -79,14 +80,15 @@ class DraftBatch(SpecBatch):
                     self.draft_cache = None
         return super().remove(indices)
 
-    def step(self) -> list[Step]:
+    def step(self, launched: Callable[[], None] = lambda: None) -> list[Step]:
         """Draft for every row, verify in one forward, accept per row; each row gets
-        1 to k + 1 tokens."""
+        1 to k + 1 tokens. ``launched``: see ``Batch.step`` (called before the
+        drafts are evaluated)."""
         start = time.perf_counter()
         ks = [min(row.k, _budget(row) - 1) for row in self.rows]
         width = 1 + max(ks)
         with mx.stream(self.stream):
-            proposed, proposed_q = self._draft(width - 1)
+            proposed, proposed_q = self._draft(width - 1, launched)
         drafts = [d[:k] for d, k in zip(proposed, ks, strict=True)]
         qs = [
             q[:k] if q is not None and k else None
@@ -119,7 +121,9 @@ class DraftBatch(SpecBatch):
         """Drop each row's rejected positions from both caches, alike."""
         rollback([*self.cache, *self.draft_cache], rejected)
 
-    def _draft(self, count: int) -> tuple[list[list[int]], list[mx.array | None]]:
+    def _draft(
+        self, count: int, launched: Callable[[], None]
+    ) -> tuple[list[list[int]], list[mx.array | None]]:
         """``count`` drafts per row and, for sampled rows, their distributions q
         (count, vocab); the draft cache ends holding pending + the drafts.
 
@@ -139,6 +143,7 @@ class DraftBatch(SpecBatch):
         drafts = mx.stack(columns, axis=1) if columns else mx.zeros((len(qs), 0))
         q = [mx.concatenate(row_q) if row_q else None for row_q in qs]
         held = [(c.keys, c.values) for c in self.draft_cache]
+        launched()
         mx.eval(drafts, [x for x in q if x is not None], held)
         return drafts.astype(mx.int32).tolist(), q  # (B, count)
 

@@ -12,6 +12,7 @@ row's true length, so the mask and positions stay right. Runs on the worker thre
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,8 +87,9 @@ class SpecBatch(Batch):
 
     rows: list[SpecRow]
 
-    def step(self) -> list[Step]:
-        """Draft, verify in one forward, accept per row; each row gets 1+ tokens."""
+    def step(self, launched: Callable[[], None] = lambda: None) -> list[Step]:
+        """Draft, verify in one forward, accept per row; each row gets 1+ tokens.
+        ``launched``: see ``Batch.step``."""
         start = time.perf_counter()
         drafts = [row.draft(_budget(row)) for row in self.rows]
         width = 1 + max(len(d) for d, _ in drafts)
@@ -100,6 +102,7 @@ class SpecBatch(Batch):
         with mx.stream(self.stream):
             logits = self.model(mx.array(inputs), cache=self.cache).astype(mx.float32)
             logprobs = self._logprobs(logits, [d for d, _ in drafts])
+            launched()
             accepted = self._accept(logprobs, [d for d, _ in drafts])
             self._rollback([width - 1 - n for n, _ in accepted])
         times = (middle - start, time.perf_counter() - middle)

@@ -217,8 +217,9 @@ def run_concurrency(
 ) -> list[ConcurrencyRow]:
     """Measure mlx-lm's batch, Silica plain and (optionally) speculative at each level.
 
-    One warm-up run per case at the lowest level, then ``plan.repeats`` runs that go
-    round the cases in turn, so a slow spell of a shared machine hits each alike.
+    One warm-up run per case at the lowest level, then ``plan.repeats`` rounds, each
+    going through every level and, within it, every case in turn: so a slow spell of
+    a shared machine hits each level and case alike (the goals compare levels too).
 
     Raises:
         ValueError: ``plan.speculation`` is ``"draft"`` without a ``draft`` model.
@@ -231,12 +232,14 @@ def run_concurrency(
         tokens = model.encode(WORKLOADS[workload])
         for case in cases.values():
             case(model, tokens, plan.levels[0], 4)  # compile, caches, allocator
-        for streams in plan.levels:
-            runs: dict[str, list[ConcurrentRun]] = {name: [] for name in cases}
-            for _ in range(plan.repeats):
-                for name, case in cases.items():
-                    runs[name].append(case(model, tokens, streams, plan.max_tokens))
-            rows += [_row(workload, streams, n, r) for n, r in runs.items()]
+        runs: dict[tuple[int, str], list[ConcurrentRun]] = {
+            (streams, name): [] for streams in plan.levels for name in cases
+        }
+        for _ in range(plan.repeats):
+            for streams, name in runs:
+                run = cases[name](model, tokens, streams, plan.max_tokens)
+                runs[(streams, name)].append(run)
+        rows += [_row(workload, s, name, r) for (s, name), r in runs.items()]
     return _with_ratios(rows)
 
 

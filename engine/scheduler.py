@@ -10,11 +10,9 @@ one chunk per tick. Runs on the worker thread only.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import mlx.core as mx
@@ -33,6 +31,7 @@ from engine.batch_rows import (
 from engine.batch_speculative import SpecBatch
 from engine.decode import LoadedModel, Speculation, decode
 from engine.draft_length import measured_costs
+from engine.jobs import Running, Solo, Ticket, error_chunk
 from engine.kv_cache import (
     LRUPromptCache,
     make_prompt_cache,
@@ -42,44 +41,6 @@ from engine.schema import Chunk, Stats
 from engine.sequence import Sequence
 
 MAX_BATCH = 16  # completions decoding at once; more wait their turn
-
-
-@dataclass
-class Ticket:
-    """A job: sides still to start, where chunks go, and how many are running."""
-
-    sides: deque  # of (side, GenerateRequest)
-    put: Callable[[int, Chunk], None]  # (side, chunk)
-    done: Callable[[], None]  # called once, when every side has ended
-    cancel: threading.Event
-    interleave: bool = True
-    running: int = 0
-    started: Callable[[], None] = lambda: None  # called when it leaves the queue
-
-
-@dataclass
-class Running:
-    """A completion in flight in a batch."""
-
-    ticket: Ticket
-    side: int
-    model: str
-    tokens: list[int]  # the prompt
-    sequence: Sequence
-    output: list[int] = field(default_factory=list)  # every token stepped out
-
-    def emit(self, chunk: Chunk) -> None:
-        self.ticket.put(self.side, chunk)
-
-
-@dataclass
-class Solo:
-    """A completion (all ``n`` of a request) stepped through ``engine.decode``."""
-
-    ticket: Ticket
-    side: int
-    chunks: Iterator[Chunk]
-    completions: int
 
 
 class Scheduler:
@@ -107,6 +68,7 @@ class Scheduler:
         self.waiting: deque[Ticket] = deque()
         self._batches: dict[BatchKey, Batch | SpecBatch] = {}
         self._solos: list[Solo] = []
+        self._held: list[tuple[Running, Chunk]] = []  # see _hand_out
 
     @property
     def busy(self) -> bool:
@@ -127,8 +89,23 @@ class Scheduler:
         self._admit()
         for key in list(self._batches):
             self._step_batch(key)
+        if self._solos or not self._batches:
+            self._hand_out()
         for solo in list(self._solos):
             self._step_solo(solo)
+
+    def _hand_out(self) -> None:
+        """Send the chunks that batch steps returned since the last call.
+
+        A batch calls this once its next step's graph is built, just before the
+        worker waits on MLX with the GIL released: so the clients' threads take
+        their chunks (and screen them) during that wait, not while the worker builds
+        the graph (8 streams decoded ~7% faster). Anything else that makes them wait
+        longer (a prefill, a solo step, a last chunk) hands them out first.
+        """
+        held, self._held = self._held, []
+        for run, chunk in held:
+            run.emit(chunk)
 
     def drain(self) -> None:
         """End every job now as cancelled (the worker is stopping)."""
@@ -197,6 +174,7 @@ class Scheduler:
                 self._ended(ticket, side, error_chunk(e, index))
 
     def _join(self, ticket, side, request, loaded, kind) -> None:
+        self._hand_out()
         start, tokens, params = (
             time.perf_counter(),
             list(request.tokens),
@@ -271,7 +249,7 @@ class Scheduler:
         if key not in self._batches:
             return
         try:
-            steps = batch.step()
+            steps = batch.step(self._hand_out)
         except Exception as e:  # the batch is lost; its jobs end with the error
             del self._batches[key]
             for row in batch.rows:
@@ -287,7 +265,7 @@ class Scheduler:
                 # A round can step past a stop; those tokens only fill the cache.
                 ended = run.sequence.finish_reason is not None
                 if not ended and (chunk := run.sequence.push(token, logprobs)):
-                    run.emit(chunk)
+                    self._held.append((run, chunk))
             if run.sequence.finish_reason:
                 done.append(i)
         self._leave(key, done, None)
@@ -313,6 +291,7 @@ class Scheduler:
         self._ended(run.ticket, run.side, run.sequence.finish())
 
     def _ended(self, ticket: Ticket, side: int, chunk: Chunk | None) -> None:
+        self._hand_out()  # the completion's chunks before its last
         if chunk is not None:
             ticket.put(side, chunk)
         ticket.running -= 1
@@ -382,13 +361,6 @@ class Scheduler:
         if name not in self._models:
             raise ValueError(f"The model {name!r} is not loaded on this engine.")
         return self._models[name]
-
-
-def error_chunk(e: Exception, index: int = 0) -> Chunk:
-    """The last chunk of a completion that failed with ``e``."""
-    return Chunk(
-        "", index=index, finish_reason="error", error=f"{type(e).__name__}: {e}"
-    )
 
 
 def _repeat(logits: mx.array, n: int) -> mx.array:

@@ -22,9 +22,10 @@ from typing import Any
 import mlx.core as mx
 
 from engine.decode import LoadedModel
+from engine.jobs import Ticket
 from engine.kv_cache import LRUPromptCache
 from engine.memory_budget import default_memory_budget, physical_memory
-from engine.scheduler import Scheduler, Ticket
+from engine.scheduler import Scheduler
 from engine.schema import MemoryInfo, SamplingParams
 
 DEFAULT_MAX_QUEUE = 64

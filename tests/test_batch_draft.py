@@ -17,8 +17,9 @@ from engine.batch import prefill
 from engine.batch_draft import DraftBatch, prefill_draft
 from engine.batch_rows import batch_key, batch_kind
 from engine.batch_speculative import SpecRow
+from engine.jobs import Ticket
 from engine.kv_cache import LRUPromptCache
-from engine.scheduler import Scheduler, Ticket
+from engine.scheduler import Scheduler
 from engine.side_by_side import Side
 from engine.worker import GenerateRequest
 from tests.test_batch import PROMPTS

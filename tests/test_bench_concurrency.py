@@ -92,6 +92,29 @@ def test_concurrent_rows_on_a_tiny_model(tiny_model_dir):
     assert table.count("| code | ") == len(rows) and "vs mlx-lm" in table
 
 
+def test_each_round_goes_through_every_level(tiny_model_dir, monkeypatch):
+    # The goals compare levels: a slow spell of the machine must not fall on one.
+    import engine.bench_concurrency as bench
+
+    calls = []
+
+    def spy(real, case):
+        def run(model, tokens, streams, **options):
+            calls.append((streams, case))
+            return real(model, tokens, streams, **options)
+
+        return run
+
+    monkeypatch.setattr(bench, "mlx_lm_streams", spy(bench.mlx_lm_streams, "mlx-lm"))
+    monkeypatch.setattr(bench, "silica_streams", spy(bench.silica_streams, "silica"))
+    plan = ConcurrencyPlan(levels=(1, 2), max_tokens=3, repeats=2)
+    with Engine(prompt_cache_bytes=0) as engine:
+        rows = run_concurrency(engine.load(str(tiny_model_dir)), ["code"], plan)
+    one_round = [(1, "mlx-lm"), (1, "silica"), (2, "mlx-lm"), (2, "silica")]
+    assert calls == [(1, "mlx-lm"), (1, "silica"), *one_round, *one_round]
+    assert [(r.streams, r.generated) for r in rows] == [(1, 3), (1, 3), (2, 6), (2, 6)]
+
+
 def test_bench_command_runs_the_concurrency_mode(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "bench.md"
     argv = ["bench", "--model", str(tiny_model_dir), "--workload", "chinese"]
