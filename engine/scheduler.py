@@ -100,8 +100,9 @@ class Scheduler:
         A batch calls this once its next step's graph is built, just before the
         worker waits on MLX with the GIL released: so the clients' threads take
         their chunks (and screen them) during that wait, not while the worker builds
-        the graph (8 streams decoded ~7% faster). Anything else that makes them wait
-        longer (a prefill, a solo step, a last chunk) hands them out first.
+        the graph (8 streams decoded ~11% faster, docs/BENCHMARKS.md). Anything else
+        that would make them wait longer (a prefill, a solo step, a last chunk) hands
+        them out first.
         """
         held, self._held = self._held, []
         for run, chunk in held:
