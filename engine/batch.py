@@ -180,7 +180,7 @@ class Batch:
         one new token for each row it covered, none for rows that joined since.
 
         ``launched`` is called once the step's graph is built, just before this
-        thread waits on MLX (with the GIL released); see ``Scheduler._hand_out``.
+        thread waits on MLX (with the GIL released); see ``Scheduler.hand_out``.
         """
         current, ahead = self._ahead, self.ahead
         with mx.stream(self.stream):

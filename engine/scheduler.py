@@ -68,7 +68,7 @@ class Scheduler:
         self.waiting: deque[Ticket] = deque()
         self._batches: dict[BatchKey, Batch | SpecBatch] = {}
         self._solos: list[Solo] = []
-        self._held: list[tuple[Running, Chunk]] = []  # see _hand_out
+        self._held: list[tuple[Running, Chunk]] = []  # see hand_out
 
     @property
     def busy(self) -> bool:
@@ -90,19 +90,19 @@ class Scheduler:
         for key in list(self._batches):
             self._step_batch(key)
         if self._solos or not self._batches:
-            self._hand_out()
+            self.hand_out()
         for solo in list(self._solos):
             self._step_solo(solo)
 
-    def _hand_out(self) -> None:
+    def hand_out(self) -> None:
         """Send the chunks that batch steps returned since the last call.
 
         A batch calls this once its next step's graph is built, just before the
         worker waits on MLX with the GIL released: so the clients' threads take
         their chunks (and screen them) during that wait, not while the worker builds
         the graph (8 streams decoded ~11% faster, docs/BENCHMARKS.md). Anything else
-        that would make them wait longer (a prefill, a solo step, a last chunk) hands
-        them out first.
+        that would make them wait longer (a prefill, a solo step, a last chunk, a
+        call the worker runs between ticks) hands them out first.
         """
         held, self._held = self._held, []
         for run, chunk in held:
@@ -175,7 +175,7 @@ class Scheduler:
                 self._ended(ticket, side, error_chunk(e, index))
 
     def _join(self, ticket, side, request, loaded, kind) -> None:
-        self._hand_out()
+        self.hand_out()
         start, tokens, params = (
             time.perf_counter(),
             list(request.tokens),
@@ -250,7 +250,7 @@ class Scheduler:
         if key not in self._batches:
             return
         try:
-            steps = batch.step(self._hand_out)
+            steps = batch.step(self.hand_out)
         except Exception as e:  # the batch is lost; its jobs end with the error
             del self._batches[key]
             for row in batch.rows:
@@ -292,7 +292,7 @@ class Scheduler:
         self._ended(run.ticket, run.side, run.sequence.finish())
 
     def _ended(self, ticket: Ticket, side: int, chunk: Chunk | None) -> None:
-        self._hand_out()  # the completion's chunks before its last
+        self.hand_out()  # the completion's chunks before its last
         if chunk is not None:
             ticket.put(side, chunk)
         ticket.running -= 1

@@ -212,6 +212,7 @@ class EngineWorker(threading.Thread):
             if kind == "stop":
                 return False
             if kind == "call":
+                scheduler.hand_out()  # a call may take long: chunks go out first
                 self._task_started()
                 self._run_call(payload, future)
             else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future
 
 import pytest
 
@@ -15,6 +16,10 @@ class RecordingScheduler:
 
     def __init__(self) -> None:
         self.submitted: list = []
+        self.handed_out = 0
+
+    def hand_out(self) -> None:
+        self.handed_out += 1
 
     @property
     def busy(self) -> bool:
@@ -44,3 +49,19 @@ def test_a_job_on_an_idle_engine_waits_for_company(window, expected):
     # With a window, the second request arrived in time to start with the first (so
     # both batch); without one, the first started alone.
     assert len(scheduler.submitted) == expected
+
+
+def test_held_chunks_go_out_before_a_call_runs():
+    # A call (a model load, a benchmark) may hold the worker for seconds: the chunks
+    # batches stepped out must not wait for it.
+    worker = EngineWorker(burst_window_s=0.0)
+    scheduler = RecordingScheduler()
+    scheduler.submitted.append("a batch")  # busy: _take does not wait for work
+    seen, future = [], Future()
+
+    def call(models):
+        seen.append(scheduler.handed_out)
+
+    worker._tasks.put(("call", call, future))
+    assert worker._take(scheduler)
+    assert future.done() and seen == [1]
