@@ -56,10 +56,10 @@ def test_chunks_go_out_once_the_next_step_is_built(engine_and_model, monkeypatch
     engine.worker.call(work).result()
     first_launch = log.index(("launch",))
     groups = 0
-    for i, group in itertools.groupby(enumerate(log), key=lambda e: e[1][0]):
+    for kind, group in itertools.groupby(enumerate(log), key=lambda e: e[1][0]):
         entries = list(group)
         start, end = entries[0][0], entries[-1][0]
-        if i != "put" or start < first_launch:
+        if kind != "put" or start < first_launch:
             continue
         if any(e[1][2].finish_reason for e in entries):
             continue  # the last step: its chunks go out before the last ones
