@@ -52,17 +52,11 @@ MODEL = r"""
 import json
 import mlx.core as mx, mlx.nn as nn, numpy as np
 from mlx.utils import tree_unflatten
-from mlx_lm.models import llama
 from engine.int8_linear import Int8Linear, int8_copy
+from tests.test_speculative import tiny_llama
 
 def random_llama(tied):
-    mx.random.seed(0)
-    model = llama.Model(llama.ModelArgs(
-        model_type="llama", hidden_size=64, num_hidden_layers=2,
-        intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
-        rms_norm_eps=1e-5, vocab_size=96, tie_word_embeddings=tied))
-    mx.eval(model.parameters())
-    return model
+    return tiny_llama(0, vocab=96, tied=tied)
 
 def dequantized(layer):
     return layer.packed.view(mx.int8).astype(mx.float32) * layer.scales[:, None]

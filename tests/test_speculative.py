@@ -29,9 +29,11 @@ def tiny_llama(
     sharpness: float = 1.0,
     layers: int = 2,
     damping: float = 1.0,
+    tied: bool = False,
 ) -> nn.Module:
     """A random llama; ``sharpness`` scales the output layer (lower entropy),
-    ``damping`` the layers' outputs (towards a bigram model)."""
+    ``damping`` the layers' outputs (towards a bigram model); ``tied``: the output
+    layer is the embedding (then ``sharpness`` is not applied)."""
     mx.random.seed(seed)
     args = llama.ModelArgs(
         model_type="llama",
@@ -42,10 +44,11 @@ def tiny_llama(
         num_key_value_heads=2,
         rms_norm_eps=1e-5,
         vocab_size=vocab,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tied,
     )
     model = llama.Model(args)
-    model.lm_head.weight = model.lm_head.weight * sharpness
+    if not tied:
+        model.lm_head.weight = model.lm_head.weight * sharpness
     for layer in model.model.layers:
         layer.self_attn.o_proj.weight = layer.self_attn.o_proj.weight * damping
         layer.mlp.down_proj.weight = layer.mlp.down_proj.weight * damping
