@@ -17,9 +17,11 @@ elsewhere, Metal included, they hand over to MLX's own functions.
 
 from __future__ import annotations
 
+import functools
+
 import mlx.core as mx
 
-from engine import jit_front
+from engine import fast_blas, jit_front
 
 _exp_shifted = mx.compile(lambda x, top: mx.exp(x - top))
 _scaled = mx.compile(lambda e, total: e * (1 / total))
@@ -32,6 +34,9 @@ _mlx_attention = mx.fast.scaled_dot_product_attention
 def enabled() -> bool:
     """True where the kernels here beat MLX's: the CPU, through the JIT front."""
     return jit_front.active() and mx.default_device() == mx.cpu
+
+
+_kernel_loaded = functools.cache(fast_blas.kernel_loaded)
 
 
 def _sum_of_exps(x: mx.array) -> tuple[mx.array, mx.array]:
@@ -76,14 +81,22 @@ def scaled_dot_product_attention(q, k, v, *, scale, mask=None, sinks=None, strea
         return _mlx_attention(
             q, k, v, scale=scale, mask=mask, sinks=sinks, stream=stream
         )
-    batch, heads, q_len, _ = q.shape
+    batch, heads, q_len, dim = q.shape
     kv_heads = k.shape[1]
     groups = heads // kv_heads
+    # A KV head's queries, all its group's, in one product instead of one per head: a
+    # third of the calls for SmolLM2 (1.5 ms of an 8-row decode step). Same bits where
+    # the kernel takes the product: it sums each row alike whatever the row count.
+    merged = groups > 1 and groups * q_len <= fast_blas.KERNEL_MAX_ROWS
+    merged = merged and _kernel_loaded()
     q = mx.array(scale, q.dtype) * q
     if groups > 1:
-        q = q.reshape(batch, kv_heads, groups, q_len, q.shape[-1])
+        q = q.reshape(batch, kv_heads, groups, q_len, dim)
         k, v = mx.expand_dims(k, 2), mx.expand_dims(v, 2)
-    scores = q @ mx.swapaxes(k, -1, -2)
+    rows = (batch, kv_heads, 1, groups * q_len, -1)
+    scores = (q.reshape(rows) if merged else q) @ mx.swapaxes(k, -1, -2)
+    if merged:
+        scores = scores.reshape(batch, kv_heads, groups, q_len, -1)
     if mask is not None:
         if isinstance(mask, str):
             mask = _causal(q_len, k.shape[-2])
@@ -99,7 +112,8 @@ def scaled_dot_product_attention(q, k, v, *, scale, mask=None, sinks=None, strea
             scores = mx.where(mask, scores, mx.array(mx.finfo(mx.float32).min))
         else:
             scores = scores + mask
-    out = softmax(scores) @ v
+    weights = softmax(scores)
+    out = (weights.reshape(rows) if merged else weights) @ v
     return out.reshape(batch, heads, q_len, -1) if groups > 1 else out
 
 

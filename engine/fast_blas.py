@@ -16,6 +16,7 @@ Standard library only: this runs before anything heavy is imported.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import platform
@@ -34,6 +35,9 @@ SOURCE = Path(__file__).with_name("native") / "skinny_gemm.c"
 MARKER = "SILICA_FAST_BLAS"  # set in the re-executed process; "off" disables the path
 OPENBLAS_ENV = "SILICA_OPENBLAS"  # a libopenblas path that overrides the search
 SHIM_SYMBOL = "silica_skinny_calls"
+# Products with up to this many rows go to the kernel (skinny_gemm.c: SKINNY_MAX_M),
+# which sums each row the same way whatever the count.
+KERNEL_MAX_ROWS = 16
 TUNABLES = "GLIBC_TUNABLES"
 HUGE_PAGES = "glibc.malloc.hugetlb=1"  # madvise(MADV_HUGEPAGE) on malloc's mappings
 OPENBLAS_DIRS = (
@@ -191,6 +195,15 @@ def reexec_if_needed(argv: list[str]) -> None:
         os.environ.update(chosen.env())
         return
     os.execve(sys.executable, [sys.executable, *argv], {**os.environ, **chosen.env()})
+
+
+def kernel_loaded() -> bool:
+    """True when this process multiplies through the skinny-GEMM kernel."""
+    try:
+        ctypes.c_long.in_dll(ctypes.CDLL(None), SHIM_SYMBOL)
+    except ValueError:
+        return False
+    return True
 
 
 def in_use() -> str:

@@ -3,12 +3,15 @@ bit, in every case the models send; MLX's own functions for the rest."""
 
 from __future__ import annotations
 
+import ctypes
+import os
+
 import mlx.core as mx
 import numpy as np
 import pytest
 from mlx_lm.models.cache import BatchKVCache, make_prompt_cache
 
-from engine import exp_kernels
+from engine import exp_kernels, fast_blas
 from tests.test_quality import make_model
 
 MLX_ATTENTION = exp_kernels._mlx_attention
@@ -94,6 +97,27 @@ def test_attention_is_mlxs_bit_for_bit(case):
     got = exp_kernels.scaled_dot_product_attention(q, k, v, scale=0.125, mask=mask)
     want = MLX_ATTENTION(q, k, v, scale=0.125, mask=mask)
     assert same_bits(got, want)
+
+
+@pytest.mark.skipif(
+    not os.environ.get("CI") and not fast_blas.kernel_loaded(),
+    reason="needs the skinny-GEMM kernel preloaded, as `make test` does",
+)
+def test_a_kv_heads_group_of_queries_is_one_product_on_the_kernel():
+    def calls() -> int:
+        return ctypes.c_long.in_dll(ctypes.CDLL(None), "silica_skinny_calls").value
+
+    products = {}
+    for q_len, mask in ((1, "padding"), (6, "causal")):  # 3 x 6 rows: too many
+        q, k, v, mask = attention_inputs(9, 3, q_len, 40, mask)
+        mx.eval(q, k, v)
+        before = calls()
+        got = exp_kernels.scaled_dot_product_attention(q, k, v, scale=0.1, mask=mask)
+        mx.eval(got)
+        products[q_len] = calls() - before
+        assert same_bits(got, MLX_ATTENTION(q, k, v, scale=0.1, mask=mask))
+    # scores and values per (sequence, KV head), or per (sequence, head)
+    assert products == {1: 2 * 3 * 3, 6: 2 * 3 * 9}
 
 
 def test_sinks_and_half_precision_go_to_mlx():
