@@ -142,8 +142,9 @@ tile(const int MR, const int NR, const int WF, const float *x, int ldx, const vo
 #pragma GCC unroll 8
     for (int j = 0; j < NR; j++) {
       const char *row = wrow(w, j, ldw, WF);
-      if (MR > 1) __builtin_prefetch(row + k * (WF == F32 ? 4 : 1) + PREFETCH_BYTES);
-      wv[j] = loadw(w, (size_t)j * ldw + k, WF);
+      if (MR > 1)
+        __builtin_prefetch(row + k * (WF == F32 ? sizeof(float) : 1) + PREFETCH_BYTES);
+      wv[j] = loadw(row, k, WF);
     }
 #pragma GCC unroll 8
     for (int i = 0; i < MR; i++) {
